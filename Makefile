@@ -1,0 +1,115 @@
+# keel build.
+#
+#   make            build build/keel, build/libkeel.a, build/libkeel.so, keel.pc
+#   make run        install missing deps, build, start a local keel in the foreground
+#   make test       install missing deps, build, run every test (unit, fuzz smoke, e2e)
+#   make asan       the whole suite under AddressSanitizer + UBSan (build/asan)
+#   make fuzz       run each libFuzzer target for FUZZ_TIME seconds (default 300)
+#
+# Every src/*.c except main.c goes into build/libkeelcore.a (internal, used by
+# the binary and the unit tests). libkeel (the public client library) is the
+# client plus the codec it needs, exporting only keel_* symbols.
+
+BUILD   ?= build
+CC      ?= cc
+SAN     ?=
+OPT     ?= -O2
+PKGS    := libuv lmdb libxxhash libedit
+
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
+           -fPIC -fvisibility=hidden -Isrc -Iinclude
+LDLIBS  += -luv -llmdb -lxxhash -ledit -lpthread -lm
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+PORT    ?= 2012
+DATA    ?= data
+
+CORE_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+CORE_OBJ := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
+LIB_SRC  := src/client.c src/resp.c src/buf.c
+LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
+FUZZ_BIN := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+FUZZ_TIME ?= 300
+FUZZ_SMOKE ?= 15
+PYTEST  := /usr/bin/python3 -m pytest
+
+.PHONY: all run test unit fuzz-smoke fuzz e2e asan deps clean format bench
+
+all: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel.pc
+
+deps:
+	@sh scripts/deps.sh
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/keel.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libkeelcore.a: $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/keel: $(BUILD)/obj/main.o $(BUILD)/libkeelcore.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libkeel.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libkeel.so: $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libkeel.so.0 -o $@ $^
+
+$(BUILD)/keel.pc: keel.pc.in
+	sed -e 's|@PREFIX@|$(abspath $(BUILD))|' $< > $@
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libkeelcore.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libkeelcore.a -lcmocka $(LDLIBS)
+
+# libFuzzer targets need clang; they always build with ASan + UBSan.
+$(BUILD)/fuzz/%: fuzz/%.c $(CORE_SRC) $(wildcard src/*.h)
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -Iinclude -fsanitize=fuzzer,address,undefined \
+	    -o $@ $< $(CORE_SRC) $(LDLIBS)
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+fuzz-smoke: $(FUZZ_BIN)
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p $(BUILD)/corpus/$$n; \
+	  echo "== $$n ($(FUZZ_SMOKE)s)"; \
+	  $$f -max_total_time=$(FUZZ_SMOKE) -print_final_stats=0 -artifact_prefix=$(BUILD)/ \
+	      $(BUILD)/corpus/$$n fuzz/seeds/$$n 2>&1 | tail -n 2; done
+
+fuzz: $(FUZZ_BIN)
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p $(BUILD)/corpus/$$n; \
+	  echo "== $$n ($(FUZZ_TIME)s)"; \
+	  $$f -max_total_time=$(FUZZ_TIME) -artifact_prefix=$(BUILD)/ $(BUILD)/corpus/$$n fuzz/seeds/$$n; done
+
+e2e: $(BUILD)/keel $(BUILD)/libkeel.so
+	KEEL_BIN=$(abspath $(BUILD)/keel) $(PYTEST) -q tests/e2e
+
+test: deps all unit fuzz-smoke e2e
+	@echo "make test: all passed"
+
+asan:
+	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 all unit e2e
+
+run: deps all
+	@mkdir -p $(DATA)
+	@echo "keel: serving on 127.0.0.1:$(PORT), data in $(DATA)/ (Ctrl-C stops)"
+	$(BUILD)/keel standalone -f -p $(PORT) -D $(DATA)
+
+bench: all
+	bench/redis_compare.sh
+
+format:
+	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c fuzz/*.c
+
+clean:
+	rm -rf build

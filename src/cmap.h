@@ -1,0 +1,164 @@
+/* cmap: the cluster map, and the pure state machine that changes it.
+ *
+ * The cluster map is the coordinator's replicated state (DESIGN section 4):
+ * cluster id, version, settings, daemons, spaces and their partitions with
+ * replicas. It changes only through cmap_apply(map, command), a deterministic
+ * function with no I/O and no clock: the same sequence of commands applied to
+ * cmap_new() gives the same map, byte for byte (cmap_encode), on every node.
+ * Anything that depends on time or chance (the current time, a random cluster
+ * id, who failed) is decided by the caller and carried inside the command.
+ *
+ * Commands are byte strings built by the cmap_cmd_* encoders, so they can be
+ * appended to a Raft log unchanged. Format: u8 command-format version (1),
+ * u8 command type, then the command's fields (see cmap.c). cmap_apply
+ * validates everything: a malformed command is an error, never a crash.
+ *
+ * Invariants (cmap_apply keeps them; unit tests check them):
+ *   1. version grows by exactly 1 for every command that changes the map and
+ *      stays put for a refused command (which changes nothing at all).
+ *   2. Space ids and daemon ids are never reused (next_space_id/next_daemon_id
+ *      only grow), so data of a dropped space can never be confused with a new
+ *      space of the same name.
+ *   3. Every partition's replicas are distinct daemons known to the map; the
+ *      first replica is the primary; epochs only grow.
+ *   4. A partition is PROTECTED iff it has tolerate+1 IN_SYNC replicas,
+ *      UNAVAILABLE iff it has no IN_SYNC replica, DEGRADED otherwise.
+ *   5. Nothing is created before the map is bootstrapped (cluster_id != 0).
+ */
+#ifndef KEEL_CMAP_H
+#define KEEL_CMAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "space.h"
+
+#define CMAP_FORMAT_VERSION 1
+#define CMAP_MAX_REPLICAS (SPACE_MAX_TOLERATE + 1)
+#define CMAP_MAX_DAEMONS 1024
+#define CMAP_MAX_SPACES 1024
+#define CMAP_MAX_HOST 64
+
+enum cmap_daemon_state {
+    CMAP_D_ONLINE = 1,
+    CMAP_D_SUSPECT,
+    CMAP_D_OFFLINE,
+    CMAP_D_SHUTDOWN,
+    CMAP_D_RETIRED
+};
+
+enum cmap_replica_state { CMAP_R_IN_SYNC = 1, CMAP_R_CATCHING_UP };
+
+enum cmap_health { CMAP_H_PROTECTED = 1, CMAP_H_DEGRADED, CMAP_H_UNAVAILABLE };
+
+enum cmap_cmd_type {
+    CMAP_CMD_BOOTSTRAP = 1,
+    CMAP_CMD_SET_CONFIG = 2,
+    CMAP_CMD_ADD_SPACE = 3,
+    CMAP_CMD_DROP_SPACE = 4,
+    CMAP_CMD_ADD_DAEMON = 5,
+    CMAP_CMD_SET_DAEMON_STATE = 6
+    /* numbers are never reused; new commands take new numbers */
+};
+
+typedef struct cmap_settings {
+    uint32_t heartbeat_ms;         /* default 250 */
+    uint32_t ping_timeout_ms;      /* default 3000 */
+    uint32_t reprotect_delay_s;    /* default 60 */
+    uint64_t log_retention;        /* max log entries kept per partition; default 1000000 */
+    bool single_node;              /* set at bootstrap by `keel standalone`: spaces are placed
+                                      on fewer than tolerate+1 daemons (health DEGRADED)
+                                      instead of being refused */
+} cmap_settings;
+
+typedef struct cmap_replica {
+    uint64_t daemon; /* daemon id */
+    uint8_t state;   /* enum cmap_replica_state */
+} cmap_replica;
+
+typedef struct cmap_partition {
+    uint64_t epoch; /* starts at 1 */
+    uint32_t nreplicas;
+    cmap_replica replicas[CMAP_MAX_REPLICAS]; /* [0] is the primary */
+    uint8_t health; /* enum cmap_health */
+} cmap_partition;
+
+typedef struct cmap_space {
+    uint32_t id;            /* unique for the life of the cluster, starts at 1 */
+    space_schema *schema;   /* owned */
+    cmap_partition *parts;  /* schema->partitions entries, owned */
+} cmap_space;
+
+typedef struct cmap_daemon {
+    uint64_t id; /* starts at 1 */
+    char host[CMAP_MAX_HOST + 1];
+    uint16_t port;      /* client port */
+    uint16_t peer_port; /* replication port */
+    uint8_t state;      /* enum cmap_daemon_state */
+    uint64_t since_ms;  /* time of the last state change, from the command */
+} cmap_daemon;
+
+typedef struct cmap {
+    uint64_t cluster_id; /* 0 until bootstrapped */
+    uint64_t version;
+    cmap_settings settings;
+    uint32_t next_space_id;
+    uint64_t next_daemon_id;
+    uint32_t nspaces;
+    cmap_space *spaces; /* in creation order */
+    uint32_t ndaemons;
+    cmap_daemon *daemons; /* in id order */
+} cmap;
+
+typedef struct cmap_result {
+    int status;     /* 0 applied, -1 refused (map unchanged) */
+    uint64_t id;    /* ADD_SPACE: the space id; ADD_DAEMON: the daemon id */
+    char msg[320];  /* when refused: a whole error reply line with its code word,
+                       e.g. "NOSPACE no such space 'x'",
+                       "ERR space 'phonebook' already exists",
+                       "ERR line 3: unknown type 'integer' for attribute 'phone'",
+                       "ERR space 'p' needs 3 daemons (tolerate 2 failures), 1 online",
+                       "ERR unknown setting 'foo'", "ERR malformed command" */
+} cmap_result;
+
+cmap *cmap_new(void);
+void cmap_free(cmap *m);
+
+/* Applies one command. Never crashes on malformed input. */
+int cmap_apply(cmap *m, const void *cmd, size_t len, cmap_result *res);
+
+/* Command encoders: append one command to out. */
+void cmap_cmd_bootstrap(buf *out, uint64_t cluster_id, bool single_node);
+void cmap_cmd_set_config(buf *out, const char *name, const char *value);
+void cmap_cmd_add_space(buf *out, const char *text, size_t len);
+void cmap_cmd_drop_space(buf *out, const char *name, size_t len);
+void cmap_cmd_add_daemon(buf *out, const char *host, uint16_t port, uint16_t peer_port,
+                         uint64_t now_ms);
+void cmap_cmd_set_daemon_state(buf *out, uint64_t daemon_id, int state, uint64_t now_ms);
+
+/* Lookups (NULL if absent). Pointers are valid until the next cmap_apply. */
+const cmap_space *cmap_space_find(const cmap *m, const char *name, size_t len);
+const cmap_space *cmap_space_by_id(const cmap *m, uint32_t id);
+const cmap_daemon *cmap_daemon_find(const cmap *m, uint64_t id);
+
+/* Partition of a key: xxh64(key, seed 0) % partitions. */
+uint32_t cmap_partition_of(const cmap_space *sp, const void *key, size_t len);
+
+/* Settings by name: heartbeat_ms, ping_timeout_ms, reprotect_delay_s,
+ * log_retention. cmap_config_get appends the value as decimal text; returns
+ * -1 for an unknown name. cmap_config_names lists the names, NULL-terminated. */
+int cmap_config_get(const cmap *m, const char *name, buf *out);
+const char *const *cmap_config_names(void);
+
+const char *cmap_daemon_state_name(int state);  /* "ONLINE", ... */
+const char *cmap_replica_state_name(int state); /* "IN_SYNC", "CATCHING_UP" */
+const char *cmap_health_name(int health);       /* "PROTECTED", ... */
+
+/* Whole-map encoding (snapshots, persistence), format version 1.
+ * cmap_decode validates everything and returns -1 on malformed input. */
+void cmap_encode(const cmap *m, buf *out);
+int cmap_decode(const void *data, size_t len, cmap **out);
+
+#endif

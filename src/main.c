@@ -1,0 +1,50 @@
+/* main: the `keel` binary — one executable, one subcommand per role.
+ *
+ *   keel standalone ...   the single-process server (server.c)
+ *   keel put|get|...      client commands (cli.c)
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "server.h"
+
+#define KEEL_VERSION "0.1.0"
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: keel <command> [options]\n\n"
+                    "servers:\n"
+                    "  keel standalone [-f] [-p PORT] [-D DIR] ...   single-process server\n\n"
+                    "clients:\n");
+    cli_usage();
+    fprintf(stderr, "\n  keel version | keel help\n"
+                    "Run 'keel <command> --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage();
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "standalone")) {
+        server_opts o;
+        int rc = server_parse_args(argc - 1, argv + 1, &o);
+        if (rc) return rc;
+        return server_main(&o);
+    }
+    if (cli_is_command(cmd)) return cli_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("keel %s\n", KEEL_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        usage();
+        return 0;
+    }
+    fprintf(stderr, "keel: unknown command '%s'\n", cmd);
+    usage();
+    return 2;
+}
