@@ -23,8 +23,11 @@
  *   - A failed connection is sticky (like a failed LMDB transaction): after
  *     KEEL_ERR_IO or KEEL_ERR_PROTOCOL the position in the reply stream is
  *     lost, so every later call on that client returns KEEL_ERR_IO at once.
- *     Close it and connect again. Server errors (KEEL_ERR_SERVER and the
- *     codes after it) leave the connection usable.
+ *     Close it and connect again. Server errors (the codes named after the
+ *     server's error words) leave the connection usable.
+ *   - Out of memory while buffering bytes to or from the network aborts the
+ *     process, as everywhere in keel; KEEL_ERR_NOMEM reports a failure to
+ *     allocate a result handed to the caller.
  *
  * Values: requests always carry values as text; the server parses them by the
  * attribute's type in the space's schema ("42" for an int, "2.5" for a float).
@@ -55,33 +58,33 @@ extern "C" {
  * Status codes
  *
  * One closed set. Codes are never renumbered; new ones are added at the end.
- * The codes from KEEL_ERR_SERVER on are the server's error code words
- * (docs/protocol.md, "Errors"); an error word this version does not know
- * maps to KEEL_ERR_SERVER.
+ * Every code except CONNECT, IO, PROTOCOL, NOMEM and INVALID is a server
+ * error code word (docs/protocol.md, "Errors"); an error word this version
+ * does not know maps to KEEL_ERR_SERVER.
  * ------------------------------------------------------------------------- */
 typedef enum keel_status {
     KEEL_OK = 0,
-    KEEL_ERR_CONNECT = -1,   /* could not resolve or connect to the server */
-    KEEL_ERR_IO = -2,        /* send/receive failed, timed out, or the server
-                                closed the connection; the client is broken */
-    KEEL_ERR_PROTOCOL = -3,  /* the server sent bytes that are not RESP, or a
-                                reply of the wrong shape for the command (so
-                                replies may be out of step); the client is
-                                broken */
-    KEEL_ERR_SERVER = -4,    /* -ERR (bad request) or an unknown error word */
-    KEEL_ERR_NOSPACE = -5,   /* -NOSPACE: no such space */
-    KEEL_ERR_NOATTR = -6,    /* -NOATTR: no such attribute */
-    KEEL_ERR_WRONGTYPE = -7, /* -WRONGTYPE: a value does not parse as its type */
-    KEEL_ERR_CMPFAIL = -8,   /* -CMPFAIL: a CPUT condition did not hold */
-    KEEL_ERR_NOTFOUND = -9,  /* -NOTFOUND: CPUT/ADD on a missing object */
-    KEEL_ERR_OVERFLOW = -10, /* -OVERFLOW: ADD would overflow 64 bits */
-    KEEL_ERR_IOERR = -11,    /* -IOERR: the server's storage failed */
-    KEEL_ERR_NOMEM = -12,    /* libkeel could not allocate a result */
-    KEEL_ERR_INVALID = -13,  /* bad arguments from the caller, or a call made
-                                in the wrong state (see the pipeline) */
-    KEEL_ERR_TRYAGAIN = -14, /* -TRYAGAIN: transient; retry the request */
-    KEEL_ERR_MOVED = -15,    /* -MOVED: the partition lives elsewhere */
-    KEEL_ERR_NOQUORUM = -16, /* -NOQUORUM: the coordinators have no majority */
+    KEEL_ERR_CONNECT = -1,     /* could not resolve or connect to the server */
+    KEEL_ERR_IO = -2,          /* send/receive failed, timed out, or the server
+                                  closed the connection; the client is broken */
+    KEEL_ERR_PROTOCOL = -3,    /* the server sent bytes that are not RESP, or a
+                                  reply of the wrong shape for the command (so
+                                  replies may be out of step); the client is
+                                  broken */
+    KEEL_ERR_SERVER = -4,      /* -ERR (bad request) or an unknown error word */
+    KEEL_ERR_NOSPACE = -5,     /* -NOSPACE: no such space */
+    KEEL_ERR_NOATTR = -6,      /* -NOATTR: no such attribute */
+    KEEL_ERR_WRONGTYPE = -7,   /* -WRONGTYPE: a value does not parse as its type */
+    KEEL_ERR_CMPFAIL = -8,     /* -CMPFAIL: a CPUT condition did not hold */
+    KEEL_ERR_NOTFOUND = -9,    /* -NOTFOUND: CPUT/ADD on a missing object */
+    KEEL_ERR_OVERFLOW = -10,   /* -OVERFLOW: ADD would overflow 64 bits */
+    KEEL_ERR_IOERR = -11,      /* -IOERR: the server's storage failed */
+    KEEL_ERR_NOMEM = -12,      /* libkeel could not allocate a result */
+    KEEL_ERR_INVALID = -13,    /* bad arguments from the caller, or a call made
+                                  in the wrong state (see the pipeline) */
+    KEEL_ERR_TRYAGAIN = -14,   /* -TRYAGAIN: transient; retry the request */
+    KEEL_ERR_MOVED = -15,      /* -MOVED: the partition lives elsewhere */
+    KEEL_ERR_NOQUORUM = -16,   /* -NOQUORUM: the coordinators have no majority */
     KEEL_ERR_UNAVAILABLE = -17 /* -UNAVAILABLE: no live replica */
 } keel_status;
 
@@ -124,8 +127,10 @@ KEEL_API void keel_client_close(keel_client *c);
 
 /* The detail of the last failed call on c: for a server error, the server's
  * whole error line without the leading '-' (e.g. "NOSPACE no such space 'x'");
- * for a local failure, a sentence naming it. "" after a call that succeeded,
- * and "" for a NULL c. Owned by c; valid until the next call on c or keel_client_close. */
+ * for a local failure, a sentence naming it. "" after a call that
+ * succeeded, and "" for a NULL c. Owned by c; valid until the next call on c
+ * or keel_client_close (so read it after the call, not in the same
+ * expression). */
 KEEL_API const char *keel_client_errmsg(const keel_client *c);
 
 /* ---------------------------------------------------------------------------
@@ -147,8 +152,8 @@ typedef struct keel_object_attr {
                           contain NUL bytes; trust value_len). For an int
                           attribute, its decimal text. */
     size_t value_len;
-    int is_int;        /* 1 if the server sent an integer (an int attribute) */
-    int64_t integer;   /* the value, when is_int */
+    int is_int;      /* 1 if the server sent an integer (an int attribute) */
+    int64_t integer; /* the value, when is_int */
 } keel_object_attr;
 
 /* An object read by keel_get or keel_search. The object, its attribute array
@@ -156,9 +161,9 @@ typedef struct keel_object_attr {
  * with keel_object_free (or keel_objects_free for a search result). Nothing in
  * it depends on the client: it outlives keel_client_close. */
 typedef struct keel_object {
-    const char *key_name;    /* the space's key attribute name (keel_search);
-                                NULL for keel_get, whose reply omits it */
-    const char *key;         /* key_len bytes plus a terminating NUL */
+    const char *key_name; /* the space's key attribute name (keel_search);
+                             NULL for keel_get, whose reply omits it */
+    const char *key;      /* key_len bytes plus a terminating NUL */
     size_t key_len;
     size_t nattrs;
     keel_object_attr *attrs; /* nattrs entries in schema order, key excluded */
@@ -220,7 +225,7 @@ typedef enum keel_op {
 /* One search predicate: attribute `name` `op` value. The key name may be used
  * as name (compared as a string). */
 typedef struct keel_pred {
-    const char *name;  /* NUL-terminated attribute name */
+    const char *name; /* NUL-terminated attribute name */
     keel_op op;
     const char *value; /* value as text, value_len bytes */
     size_t value_len;
@@ -273,7 +278,7 @@ KEEL_API int keel_space_describe(keel_client *c, const char *name, char **text);
  * a no-op. */
 KEEL_API void keel_free(void *p);
 
-/* PING: KEEL_OK if the server answered +PONG. */
+/* PING: KEEL_OK if the server answered with a status reply (+PONG). */
 KEEL_API int keel_ping(keel_client *c);
 
 /* ---------------------------------------------------------------------------
@@ -293,9 +298,9 @@ typedef enum keel_reply_type {
  * and freed with keel_reply_free on its root; never free a child alone. */
 typedef struct keel_reply {
     keel_reply_type type;
-    int64_t integer;             /* KEEL_REPLY_INT */
-    char *str;                   /* STATUS, ERROR, BULK: len bytes plus a NUL;
-                                    NULL for the other types */
+    int64_t integer; /* KEEL_REPLY_INT */
+    char *str;       /* STATUS, ERROR, BULK: len bytes plus a NUL;
+                        NULL for the other types */
     size_t len;
     size_t elements;             /* KEEL_REPLY_ARRAY: number of children */
     struct keel_reply **element; /* KEEL_REPLY_ARRAY: the children */
@@ -316,8 +321,8 @@ KEEL_API int keel_reply_status(const keel_reply *r);
  * reply: *out is then the reply (the caller frees it with keel_reply_free) and,
  * for an error reply, keel_client_errmsg holds its text and keel_reply_status
  * tells its code. Any other status means no reply (*out untouched). */
-KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv,
-                          const size_t *argvlen, keel_reply **out);
+KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv, const size_t *argvlen,
+                          keel_reply **out);
 
 /* ---------------------------------------------------------------------------
  * Pipeline

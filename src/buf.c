@@ -23,7 +23,8 @@ void buf_reserve(buf *b, size_t extra)
     if (b->cap - b->len >= extra) return;
     size_t need = b->len + extra;
     size_t cap = b->cap ? b->cap : 64;
-    while (cap < need) cap *= 2;
+    while (cap < need)
+        cap *= 2;
     char *p = realloc(b->data, cap);
     if (!p) {
         fprintf(stderr, "keel: out of memory (%zu bytes)\n", cap);
@@ -80,28 +81,32 @@ void buf_put_u16be(buf *b, uint16_t v)
 void buf_put_u32be(buf *b, uint32_t v)
 {
     unsigned char t[4];
-    for (int i = 0; i < 4; i++) t[i] = (unsigned char)(v >> (24 - 8 * i));
+    for (int i = 0; i < 4; i++)
+        t[i] = (unsigned char)(v >> (24 - 8 * i));
     buf_append(b, t, 4);
 }
 
 void buf_put_u64be(buf *b, uint64_t v)
 {
     unsigned char t[8];
-    for (int i = 0; i < 8; i++) t[i] = (unsigned char)(v >> (56 - 8 * i));
+    for (int i = 0; i < 8; i++)
+        t[i] = (unsigned char)(v >> (56 - 8 * i));
     buf_append(b, t, 8);
 }
 
 void buf_put_u32le(buf *b, uint32_t v)
 {
     unsigned char t[4];
-    for (int i = 0; i < 4; i++) t[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        t[i] = (unsigned char)(v >> (8 * i));
     buf_append(b, t, 4);
 }
 
 void buf_put_u64le(buf *b, uint64_t v)
 {
     unsigned char t[8];
-    for (int i = 0; i < 8; i++) t[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        t[i] = (unsigned char)(v >> (8 * i));
     buf_append(b, t, 8);
 }
 

@@ -35,7 +35,7 @@
  * ------------------------------------------------------------------------- */
 
 #define DEFAULT_HOST "127.0.0.1"
-#define CLI_TIMEOUT_MS 60000  /* no answer for a minute: the server is stuck */
+#define CLI_TIMEOUT_MS 60000 /* no answer for a minute: the server is stuck */
 #define HISTORY_FILE ".keel_history"
 #define HISTORY_MAX 1000
 #define MAX_INPUT_BYTES (64u * 1024 * 1024) /* add-space description cap */
@@ -46,16 +46,16 @@ enum exit_code { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
 typedef struct cli_opts {
     const char *host;
     int port;
-    const char *expr;   /* add-space -e TEXT */
-    uint64_t limit;     /* search --limit N (0: none) */
-    int npos;           /* positional arguments */
+    const char *expr; /* add-space -e TEXT */
+    uint64_t limit;   /* search --limit N (0: none) */
+    int npos;         /* positional arguments */
     char **pos;
 } cli_opts;
 
 typedef struct cli_cmd {
     const char *name;
-    const char *args;   /* usage after the common options */
-    const char *help;   /* one sentence */
+    const char *args; /* usage after the common options */
+    const char *help; /* one sentence */
     int (*run)(const cli_opts *o);
 } cli_cmd;
 
@@ -75,8 +75,8 @@ static int run_describe_space(const cli_opts *o);
 static int run_shell(const cli_opts *o);
 
 static const cli_cmd commands[] = {
-    {"put", "SPACE KEY [ATTR VALUE]...",
-     "create an object or update the named attributes", run_put},
+    {"put", "SPACE KEY [ATTR VALUE]...", "create an object or update the named attributes",
+     run_put},
     {"get", "SPACE KEY", "print an object, one 'attr: value' per line", run_get},
     {"del", "SPACE KEY", "delete an object", run_del},
     {"search", "SPACE [ATTR OP VALUE]... [--limit N]",
@@ -112,10 +112,14 @@ int cli_is_command(const char *name)
 
 void cli_usage(void)
 {
+    /* main.c frames these lines with text on stderr: keep the order when
+     * both streams go to one pipe. */
+    fflush(stderr);
     for (size_t i = 0; i < NCOMMANDS; i++) {
         printf("  keel %s [-h HOST] [-p PORT]%s%s\n", commands[i].name,
                commands[i].args[0] ? " " : "", commands[i].args);
     }
+    fflush(stdout);
 }
 
 static void command_usage(FILE *f, const cli_cmd *cmd)
@@ -132,8 +136,7 @@ static void command_help(const cli_cmd *cmd)
            "  -p, --port PORT   server port (default %d)\n"
            "      --help        print this help\n",
            cmd->help, DEFAULT_HOST, KEEL_DEFAULT_PORT);
-    if (strcmp(cmd->name, "search") == 0)
-        printf("      --limit N     print at most N objects\n");
+    if (strcmp(cmd->name, "search") == 0) printf("      --limit N     print at most N objects\n");
     if (strcmp(cmd->name, "add-space") == 0)
         printf("  -e, --expr TEXT   the description itself instead of a file\n");
     printf("\nExit status: 0 ok, 1 error from the server%s, 2 usage error, 3 cannot "
@@ -142,7 +145,8 @@ static void command_help(const cli_cmd *cmd)
 }
 
 /* Reports a usage error for cmd and returns EXIT_USAGE. */
-static int usage_error(const cli_cmd *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(const cli_cmd *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static int usage_error(const cli_cmd *cmd, const char *fmt, ...)
 {
     va_list ap;
@@ -224,8 +228,7 @@ int cli_main(int argc, char **argv)
             o.host = v;
         } else if ((m = take_value(argc, argv, &i, "-p", "port", &v)) != 0) {
             if (m < 0) return usage_error(cmd, "%s needs a port", a);
-            if (parse_port(v, &o.port) < 0)
-                return usage_error(cmd, "bad port '%s' (1-65535)", v);
+            if (parse_port(v, &o.port) < 0) return usage_error(cmd, "bad port '%s' (1-65535)", v);
         } else if (is_add && (m = take_value(argc, argv, &i, "-e", "expr", &v)) != 0) {
             if (m < 0) return usage_error(cmd, "%s needs the description text", a);
             o.expr = v;
@@ -263,13 +266,27 @@ static void print_quoted(FILE *f, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         switch (ch) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        case '\a': fputs("\\a", f); break;
-        case '\b': fputs("\\b", f); break;
+        case '"':
+            fputs("\\\"", f);
+            break;
+        case '\\':
+            fputs("\\\\", f);
+            break;
+        case '\n':
+            fputs("\\n", f);
+            break;
+        case '\r':
+            fputs("\\r", f);
+            break;
+        case '\t':
+            fputs("\\t", f);
+            break;
+        case '\a':
+            fputs("\\a", f);
+            break;
+        case '\b':
+            fputs("\\b", f);
+            break;
         default:
             if (ch < ' ' || ch >= 0x7f)
                 fprintf(f, "\\x%02x", ch);
@@ -619,13 +636,14 @@ static int run_describe_space(const cli_opts *o)
 /* The words of one shell line. */
 typedef struct words {
     int argc;
-    char **argv;     /* each word, NUL-terminated (may hold NUL bytes) */
+    char **argv; /* each word, NUL-terminated (may hold NUL bytes) */
     size_t *argvlen;
 } words;
 
 static void words_free(words *w)
 {
-    for (int i = 0; i < w->argc; i++) free(w->argv[i]);
+    for (int i = 0; i < w->argc; i++)
+        free(w->argv[i]);
     free(w->argv);
     free(w->argvlen);
     memset(w, 0, sizeof *w);
@@ -657,7 +675,8 @@ static int split_line(const char *line, words *w, const char **why)
     const char *p = line;
     int cap = 0;
     for (;;) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+            p++;
         if (!*p) break;
         size_t n = 0;
         while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
@@ -673,11 +692,21 @@ static int split_line(const char *line, words *w, const char **why)
                         p++;
                         int h1, h2;
                         switch (*p) {
-                        case 'n': cur[n++] = '\n'; break;
-                        case 'r': cur[n++] = '\r'; break;
-                        case 't': cur[n++] = '\t'; break;
-                        case 'a': cur[n++] = '\a'; break;
-                        case 'b': cur[n++] = '\b'; break;
+                        case 'n':
+                            cur[n++] = '\n';
+                            break;
+                        case 'r':
+                            cur[n++] = '\r';
+                            break;
+                        case 't':
+                            cur[n++] = '\t';
+                            break;
+                        case 'a':
+                            cur[n++] = '\a';
+                            break;
+                        case 'b':
+                            cur[n++] = '\b';
+                            break;
                         case 'x':
                             if ((h1 = hexval(p[1])) >= 0 && (h2 = hexval(p[2])) >= 0) {
                                 cur[n++] = (char)(h1 * 16 + h2);
@@ -686,7 +715,9 @@ static int split_line(const char *line, words *w, const char **why)
                                 cur[n++] = 'x';
                             }
                             break;
-                        default: cur[n++] = *p; break;
+                        default:
+                            cur[n++] = *p;
+                            break;
                         }
                         p++;
                         continue;
@@ -746,7 +777,8 @@ err_after_cur:
 
 static void indent(int n)
 {
-    for (int i = 0; i < n; i++) putchar(' ');
+    for (int i = 0; i < n; i++)
+        putchar(' ');
 }
 
 /* True if a bulk reply is multi-line printable text (INFO, SPACE.DESCRIBE,
@@ -775,12 +807,16 @@ static void print_reply(const keel_reply *r, int col)
         fwrite(r->str, 1, r->len, stdout);
         putchar('\n');
         break;
-    case KEEL_REPLY_INT: printf("(integer) %lld\n", (long long)r->integer); break;
+    case KEEL_REPLY_INT:
+        printf("(integer) %lld\n", (long long)r->integer);
+        break;
     case KEEL_REPLY_BULK:
         print_quoted(stdout, r->str, r->len);
         putchar('\n');
         break;
-    case KEEL_REPLY_NIL: printf("(nil)\n"); break;
+    case KEEL_REPLY_NIL:
+        printf("(nil)\n");
+        break;
     case KEEL_REPLY_ARRAY: {
         if (r->elements == 0) {
             printf("(empty array)\n");
@@ -832,7 +868,8 @@ static void shell_print(const char *cmd, const keel_reply *r)
     }
     if (strcasecmp(cmd, "SEARCH") == 0 && r->type == KEEL_REPLY_ARRAY) {
         int ok = 1;
-        for (size_t i = 0; i < r->elements && ok; i++) ok = is_pairs(r->element[i]);
+        for (size_t i = 0; i < r->elements && ok; i++)
+            ok = is_pairs(r->element[i]);
         if (ok) {
             if (r->elements == 0) printf("(no objects)\n");
             for (size_t i = 0; i < r->elements; i++) {
@@ -877,8 +914,8 @@ static void shell_help(void)
 /* Shell state across lines. */
 typedef struct shell {
     const cli_opts *o;
-    keel_client *c;   /* NULL after the connection was lost */
-    int failures;     /* commands that failed (for the exit status when batch) */
+    keel_client *c; /* NULL after the connection was lost */
+    int failures;   /* commands that failed (for the exit status when batch) */
 } shell;
 
 /* Runs one input line. Returns 1 to leave the shell. */
@@ -915,8 +952,8 @@ static int shell_line(shell *sh, const char *line)
     keel_reply *r = NULL;
     int rc = keel_command(sh->c, w.argc, (const char *const *)w.argv, w.argvlen, &r);
     if (rc != KEEL_OK) {
-        printf("(error) %s\n", *keel_client_errmsg(sh->c) ? keel_client_errmsg(sh->c)
-                                                          : keel_strerror(rc));
+        printf("(error) %s\n",
+               *keel_client_errmsg(sh->c) ? keel_client_errmsg(sh->c) : keel_strerror(rc));
         sh->failures++;
         if (rc == KEEL_ERR_IO || rc == KEEL_ERR_PROTOCOL) {
             keel_client_close(sh->c);

@@ -51,21 +51,21 @@
  * Types and constants
  * ------------------------------------------------------------------------- */
 
-#define READ_CHUNK 16384                /* minimum free room per recv */
-#define COMPACT_THRESHOLD (64u * 1024)  /* parsed bytes kept before memmove */
+#define READ_CHUNK 16384               /* minimum free room per recv */
+#define COMPACT_THRESHOLD (64u * 1024) /* parsed bytes kept before memmove */
 
 struct keel_client {
-    int fd;             /* socket; -1 when not connected or broken (inv. 1) */
-    int timeout_ms;     /* 0: wait forever */
-    int peer_closed;    /* recv returned 0: no more bytes will arrive */
-    char addr[300];     /* "host:port" for messages */
-    buf out;            /* encoded requests (inv. 4) */
+    int fd;          /* socket; -1 when not connected or broken (inv. 1) */
+    int timeout_ms;  /* 0: wait forever */
+    int peer_closed; /* recv returned 0: no more bytes will arrive */
+    char addr[300];  /* "host:port" for messages */
+    buf out;         /* encoded requests (inv. 4) */
     size_t out_pos;
-    buf in;             /* received bytes (inv. 3) */
+    buf in; /* received bytes (inv. 3) */
     size_t in_pos;
-    size_t pending;     /* pipelined requests without a reply read (inv. 2) */
-    buf err;            /* last call's error text, NUL-terminated (inv. 5) */
-    buf broken;         /* why fd was closed, NUL-terminated; empty if never */
+    size_t pending; /* pipelined requests without a reply read (inv. 2) */
+    buf err;        /* last call's error text, NUL-terminated (inv. 5) */
+    buf broken;     /* why fd was closed, NUL-terminated; empty if never */
 };
 
 /* An argument vector under construction for a typed call. */
@@ -84,36 +84,55 @@ static const struct {
     const char *word; /* server error code word */
     int status;
 } error_words[] = {
-    {"ERR", KEEL_ERR_SERVER},           {"NOSPACE", KEEL_ERR_NOSPACE},
-    {"NOATTR", KEEL_ERR_NOATTR},        {"WRONGTYPE", KEEL_ERR_WRONGTYPE},
-    {"CMPFAIL", KEEL_ERR_CMPFAIL},      {"NOTFOUND", KEEL_ERR_NOTFOUND},
-    {"OVERFLOW", KEEL_ERR_OVERFLOW},    {"IOERR", KEEL_ERR_IOERR},
-    {"TRYAGAIN", KEEL_ERR_TRYAGAIN},    {"MOVED", KEEL_ERR_MOVED},
-    {"NOQUORUM", KEEL_ERR_NOQUORUM},    {"UNAVAILABLE", KEEL_ERR_UNAVAILABLE},
+    {"ERR", KEEL_ERR_SERVER},        {"NOSPACE", KEEL_ERR_NOSPACE},
+    {"NOATTR", KEEL_ERR_NOATTR},     {"WRONGTYPE", KEEL_ERR_WRONGTYPE},
+    {"CMPFAIL", KEEL_ERR_CMPFAIL},   {"NOTFOUND", KEEL_ERR_NOTFOUND},
+    {"OVERFLOW", KEEL_ERR_OVERFLOW}, {"IOERR", KEEL_ERR_IOERR},
+    {"TRYAGAIN", KEEL_ERR_TRYAGAIN}, {"MOVED", KEEL_ERR_MOVED},
+    {"NOQUORUM", KEEL_ERR_NOQUORUM}, {"UNAVAILABLE", KEEL_ERR_UNAVAILABLE},
 };
 
 KEEL_API const char *keel_strerror(int status)
 {
     switch (status) {
-    case KEEL_OK: return "success";
-    case KEEL_ERR_CONNECT: return "cannot connect to the server";
-    case KEEL_ERR_IO: return "connection failed";
-    case KEEL_ERR_PROTOCOL: return "protocol error in the server's reply";
-    case KEEL_ERR_SERVER: return "the server refused the request";
-    case KEEL_ERR_NOSPACE: return "no such space";
-    case KEEL_ERR_NOATTR: return "no such attribute";
-    case KEEL_ERR_WRONGTYPE: return "value does not match the attribute's type";
-    case KEEL_ERR_CMPFAIL: return "comparison failed";
-    case KEEL_ERR_NOTFOUND: return "object not found";
-    case KEEL_ERR_OVERFLOW: return "integer overflow";
-    case KEEL_ERR_IOERR: return "the server's storage failed";
-    case KEEL_ERR_NOMEM: return "out of memory";
-    case KEEL_ERR_INVALID: return "invalid argument";
-    case KEEL_ERR_TRYAGAIN: return "temporary failure, try again";
-    case KEEL_ERR_MOVED: return "partition moved";
-    case KEEL_ERR_NOQUORUM: return "no coordinator quorum";
-    case KEEL_ERR_UNAVAILABLE: return "partition unavailable";
-    default: return "unknown status";
+    case KEEL_OK:
+        return "success";
+    case KEEL_ERR_CONNECT:
+        return "cannot connect to the server";
+    case KEEL_ERR_IO:
+        return "connection failed";
+    case KEEL_ERR_PROTOCOL:
+        return "protocol error in the server's reply";
+    case KEEL_ERR_SERVER:
+        return "the server refused the request";
+    case KEEL_ERR_NOSPACE:
+        return "no such space";
+    case KEEL_ERR_NOATTR:
+        return "no such attribute";
+    case KEEL_ERR_WRONGTYPE:
+        return "value does not match the attribute's type";
+    case KEEL_ERR_CMPFAIL:
+        return "comparison failed";
+    case KEEL_ERR_NOTFOUND:
+        return "object not found";
+    case KEEL_ERR_OVERFLOW:
+        return "integer overflow";
+    case KEEL_ERR_IOERR:
+        return "the server's storage failed";
+    case KEEL_ERR_NOMEM:
+        return "out of memory";
+    case KEEL_ERR_INVALID:
+        return "invalid argument";
+    case KEEL_ERR_TRYAGAIN:
+        return "temporary failure, try again";
+    case KEEL_ERR_MOVED:
+        return "partition moved";
+    case KEEL_ERR_NOQUORUM:
+        return "no coordinator quorum";
+    case KEEL_ERR_UNAVAILABLE:
+        return "partition unavailable";
+    default:
+        return "unknown status";
     }
 }
 
@@ -122,7 +141,8 @@ KEEL_API const char *keel_strerror(int status)
 static int status_of_error(const char *msg, size_t len)
 {
     size_t w = 0;
-    while (w < len && msg[w] != ' ') w++;
+    while (w < len && msg[w] != ' ')
+        w++;
     for (size_t i = 0; i < sizeof error_words / sizeof error_words[0]; i++) {
         if (strlen(error_words[i].word) == w && memcmp(error_words[i].word, msg, w) == 0)
             return error_words[i].status;
@@ -187,6 +207,10 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* strerror for a library: thread-safe (GNU strerror_r, as _GNU_SOURCE
+ * selects). The text lives in tmp or in static storage. */
+#define ERRSTR(e) strerror_r((e), (char[128]){0}, 128)
+
 /* Waits until fd is ready for `events` or the timeout passes, retrying after
  * signals. Returns 1 ready (*revents set), 0 timed out, -1 error (errno). */
 static int wait_fd(int fd, int timeout_ms, short events, short *revents)
@@ -236,7 +260,7 @@ static int read_available(keel_client *c)
         }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-        err_set(c, "receive from %s failed: %s", c->addr, strerror(errno));
+        err_set(c, "receive from %s failed: %s", c->addr, ERRSTR(errno));
         return fail(c, KEEL_ERR_IO);
     }
 }
@@ -273,7 +297,7 @@ static int flush_out(keel_client *c)
             /* The server may have answered (say, a broken limit) and closed:
              * keep its reply so roundtrip can report it. */
             drain_quietly(c);
-            err_set(c, "send to %s failed: %s", c->addr, strerror(saved));
+            err_set(c, "send to %s failed: %s", c->addr, ERRSTR(saved));
             return fail(c, KEEL_ERR_IO);
         }
         short ev = 0;
@@ -284,7 +308,7 @@ static int flush_out(keel_client *c)
             return fail(c, KEEL_ERR_IO);
         }
         if (r < 0) {
-            err_set(c, "poll on %s failed: %s", c->addr, strerror(errno));
+            err_set(c, "poll on %s failed: %s", c->addr, ERRSTR(errno));
             return fail(c, KEEL_ERR_IO);
         }
         if (ev & (POLLIN | POLLHUP | POLLERR)) {
@@ -323,12 +347,11 @@ static int read_reply(keel_client *c, resp_reply **r)
         short ev = 0;
         int w = wait_fd(c->fd, c->timeout_ms, POLLIN, &ev);
         if (w == 0) {
-            err_set(c, "timed out after %d ms waiting for a reply from %s", c->timeout_ms,
-                    c->addr);
+            err_set(c, "timed out after %d ms waiting for a reply from %s", c->timeout_ms, c->addr);
             return fail(c, KEEL_ERR_IO);
         }
         if (w < 0) {
-            err_set(c, "poll on %s failed: %s", c->addr, strerror(errno));
+            err_set(c, "poll on %s failed: %s", c->addr, ERRSTR(errno));
             return fail(c, KEEL_ERR_IO);
         }
         int rc = read_available(c);
@@ -343,8 +366,7 @@ static int read_reply(keel_client *c, resp_reply **r)
 /* Connects one address with a timeout. Returns the fd, or -1 with errno. */
 static int connect_one(const struct addrinfo *ai, int timeout_ms)
 {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    ai->ai_protocol);
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     if (fd < 0) return -1;
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
         if (errno != EINPROGRESS && errno != EINTR) goto err_after_socket;
@@ -402,7 +424,7 @@ KEEL_API int keel_client_connect(const char *host, int port, int timeout_ms, kee
     int gai = getaddrinfo(host, portstr, &hints, &res);
     if (gai != 0) {
         err_set(c, "cannot connect to %s: %s", c->addr,
-                gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
+                gai == EAI_SYSTEM ? ERRSTR(errno) : gai_strerror(gai));
         return fail(c, KEEL_ERR_CONNECT);
     }
     int last_errno = ECONNREFUSED;
@@ -419,7 +441,7 @@ KEEL_API int keel_client_connect(const char *host, int port, int timeout_ms, kee
         if (last_errno == ETIMEDOUT)
             err_set(c, "cannot connect to %s: timed out after %d ms", c->addr, timeout_ms);
         else
-            err_set(c, "cannot connect to %s: %s", c->addr, strerror(last_errno));
+            err_set(c, "cannot connect to %s: %s", c->addr, ERRSTR(last_errno));
         return fail(c, KEEL_ERR_CONNECT);
     }
     return KEEL_OK;
@@ -519,7 +541,8 @@ static int encode(keel_client *c, int argc, const char *const *argv, const size_
     }
     size_t *lens = malloc((size_t)argc * sizeof *lens);
     if (!lens) return KEEL_ERR_NOMEM;
-    for (int i = 0; i < argc; i++) lens[i] = argv[i] ? strlen(argv[i]) : 0;
+    for (int i = 0; i < argc; i++)
+        lens[i] = argv[i] ? strlen(argv[i]) : 0;
     resp_add_command(&c->out, argc, argv, lens);
     free(lens);
     return KEEL_OK;
@@ -607,7 +630,8 @@ static int push_attrs(args *a, const keel_attr *attrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         int rc = args_push_str(a, attrs[i].name);
-        if (rc == KEEL_OK) rc = args_push(a, attrs[i].value ? attrs[i].value : "", attrs[i].value_len);
+        if (rc == KEEL_OK)
+            rc = args_push(a, attrs[i].value ? attrs[i].value : "", attrs[i].value_len);
         if (rc != KEEL_OK) return rc;
     }
     return KEEL_OK;
@@ -729,7 +753,8 @@ KEEL_API void keel_object_free(keel_object *o)
 KEEL_API void keel_objects_free(keel_object **objs, size_t count)
 {
     if (!objs) return;
-    for (size_t i = 0; i < count; i++) free(objs[i]);
+    for (size_t i = 0; i < count; i++)
+        free(objs[i]);
     free(objs);
 }
 
@@ -824,7 +849,8 @@ KEEL_API int keel_del(keel_client *c, const char *space, const char *key, size_t
     rc = call(c, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
-    if (r->type != RESP_R_INT || (r->integer != 0 && r->integer != 1)) return bad_shape(c, r, "DEL");
+    if (r->type != RESP_R_INT || (r->integer != 0 && r->integer != 1))
+        return bad_shape(c, r, "DEL");
     if (existed) *existed = (int)r->integer;
     resp_reply_free(r);
     return KEEL_OK;
@@ -933,7 +959,8 @@ static int build_preds(keel_client *c, args *a, const char *cmd, const char *spa
     for (size_t i = 0; i < n && rc == KEEL_OK; i++) {
         rc = args_push_str(a, preds[i].name);
         if (rc == KEEL_OK) rc = args_push_str(a, keel_op_str(preds[i].op));
-        if (rc == KEEL_OK) rc = args_push(a, preds[i].value ? preds[i].value : "", preds[i].value_len);
+        if (rc == KEEL_OK)
+            rc = args_push(a, preds[i].value ? preds[i].value : "", preds[i].value_len);
     }
     if (rc != KEEL_OK) return build_failed(c, rc);
     return KEEL_OK;
@@ -1082,7 +1109,8 @@ static char *dup_bytes(const char *p, size_t n)
 KEEL_API void keel_strings_free(char **strings, size_t n)
 {
     if (!strings) return;
-    for (size_t i = 0; i < n; i++) free(strings[i]);
+    for (size_t i = 0; i < n; i++)
+        free(strings[i]);
     free(strings);
 }
 
@@ -1177,7 +1205,8 @@ KEEL_API void keel_reply_free(keel_reply *r)
 {
     if (!r) return;
     if (r->element) {
-        for (size_t i = 0; i < r->elements; i++) keel_reply_free(r->element[i]);
+        for (size_t i = 0; i < r->elements; i++)
+            keel_reply_free(r->element[i]);
         free(r->element);
     }
     free(r->str);
@@ -1198,12 +1227,24 @@ static keel_reply *reply_convert(const resp_reply *r)
     keel_reply *k = calloc(1, sizeof *k);
     if (!k) return NULL;
     switch (r->type) {
-    case RESP_R_STATUS: k->type = KEEL_REPLY_STATUS; break;
-    case RESP_R_ERROR: k->type = KEEL_REPLY_ERROR; break;
-    case RESP_R_INT: k->type = KEEL_REPLY_INT; break;
-    case RESP_R_BULK: k->type = KEEL_REPLY_BULK; break;
-    case RESP_R_ARRAY: k->type = KEEL_REPLY_ARRAY; break;
-    default: k->type = KEEL_REPLY_NIL; break;
+    case RESP_R_STATUS:
+        k->type = KEEL_REPLY_STATUS;
+        break;
+    case RESP_R_ERROR:
+        k->type = KEEL_REPLY_ERROR;
+        break;
+    case RESP_R_INT:
+        k->type = KEEL_REPLY_INT;
+        break;
+    case RESP_R_BULK:
+        k->type = KEEL_REPLY_BULK;
+        break;
+    case RESP_R_ARRAY:
+        k->type = KEEL_REPLY_ARRAY;
+        break;
+    default:
+        k->type = KEEL_REPLY_NIL;
+        break;
     }
     if (r->type == RESP_R_INT) k->integer = (int64_t)r->integer;
     if (r->type == RESP_R_STATUS || r->type == RESP_R_ERROR || r->type == RESP_R_BULK) {
@@ -1241,8 +1282,8 @@ static int deliver(keel_client *c, resp_reply *r, keel_reply **out)
     return KEEL_OK;
 }
 
-KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv,
-                          const size_t *argvlen, keel_reply **out)
+KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv, const size_t *argvlen,
+                          keel_reply **out)
 {
     if (!c) return KEEL_ERR_INVALID;
     int rc = enter(c, 1);

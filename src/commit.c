@@ -16,8 +16,8 @@ struct commit {
     void *arg;
 
     pthread_mutex_t mu;
-    pthread_cond_t cv;     /* storage thread waits for work */
-    commit_item *in_head;  /* submitted, not yet taken */
+    pthread_cond_t cv;    /* storage thread waits for work */
+    commit_item *in_head; /* submitted, not yet taken */
     commit_item *in_tail;
     commit_item *out_head; /* done, not yet delivered */
     commit_item *out_tail;
@@ -47,8 +47,10 @@ static int run_group(commit *c, commit_item *list)
     int rc = store_txn_begin(c->s, true, &t);
     for (commit_item *it = list; it && !rc; it = it->next)
         if (it->exec) rc = it->exec(&t, it);
-    if (rc) store_txn_abort(&t);
-    else rc = store_txn_commit(&t);
+    if (rc)
+        store_txn_abort(&t);
+    else
+        rc = store_txn_commit(&t);
     if (rc) {
         log_error("event=storage_error group commit failed: %s", mdb_strerror(rc));
         for (commit_item *it = list; it; it = it->next)
@@ -62,9 +64,11 @@ static int run_group(commit *c, commit_item *list)
 static void *worker_main(void *arg)
 {
     commit *c = arg;
+    pthread_setname_np(pthread_self(), "keel-commit");
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        while (!c->in_head && !c->stopping) pthread_cond_wait(&c->cv, &c->mu);
+        while (!c->in_head && !c->stopping)
+            pthread_cond_wait(&c->cv, &c->mu);
         if (!c->in_head && c->stopping) break;
         commit_item *list = c->in_head, *tail = c->in_tail;
         c->in_head = c->in_tail = NULL;
@@ -74,8 +78,10 @@ static void *worker_main(void *arg)
 
         pthread_mutex_lock(&c->mu);
         c->groups++;
-        if (c->out_tail) c->out_tail->next = list;
-        else c->out_head = list;
+        if (c->out_tail)
+            c->out_tail->next = list;
+        else
+            c->out_head = list;
         c->out_tail = tail;
         uv_async_send(&c->async);
     }
@@ -86,6 +92,7 @@ static void *worker_main(void *arg)
 static void *syncer_main(void *arg)
 {
     commit *c = arg;
+    pthread_setname_np(pthread_self(), "keel-sync");
     pthread_mutex_lock(&c->mu);
     while (!c->stopping) {
         struct timespec ts;
@@ -118,8 +125,10 @@ int commit_start(commit **out, store *s, uv_loop_t *loop, commit_done_fn done, v
     c->async.data = c;
     if (pthread_create(&c->worker, NULL, worker_main, c)) goto err_after_async;
     if (store_sync_policy(s) == STORE_SYNC_BATCH) {
-        if (pthread_create(&c->syncer, NULL, syncer_main, c) == 0) c->has_syncer = true;
-        else log_error("cannot start the sync thread; syncing at shutdown only");
+        if (pthread_create(&c->syncer, NULL, syncer_main, c) == 0)
+            c->has_syncer = true;
+        else
+            log_error("cannot start the sync thread; syncing at shutdown only");
     }
     *out = c;
     return 0;
@@ -134,11 +143,14 @@ err_after_alloc:
 void commit_submit(commit *c, commit_item *head, commit_item *tail)
 {
     if (!head) return;
-    for (commit_item *it = head; it; it = it->next) it->status = 0;
+    for (commit_item *it = head; it; it = it->next)
+        it->status = 0;
     tail->next = NULL;
     pthread_mutex_lock(&c->mu);
-    if (c->in_tail) c->in_tail->next = head;
-    else c->in_head = head;
+    if (c->in_tail)
+        c->in_tail->next = head;
+    else
+        c->in_head = head;
     c->in_tail = tail;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);

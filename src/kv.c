@@ -39,8 +39,8 @@ void kv_space_unref(kv_space *sp)
 static const struct {
     const char *name;
     int kind;
-} kinds[] = {{"PUT", KV_PUT},   {"GET", KV_GET},       {"DEL", KV_DEL},    {"CPUT", KV_CPUT},
-             {"ADD", KV_ADD},   {"SEARCH", KV_SEARCH}, {"COUNT", KV_COUNT}};
+} kinds[] = {{"PUT", KV_PUT}, {"GET", KV_GET},       {"DEL", KV_DEL},    {"CPUT", KV_CPUT},
+             {"ADD", KV_ADD}, {"SEARCH", KV_SEARCH}, {"COUNT", KV_COUNT}};
 
 int kv_kind_of(const char *name, size_t len)
 {
@@ -86,8 +86,8 @@ static int find_attr(const space_schema *s, const char *a, size_t len, bool allo
     return -1;
 }
 
-static int parse_value(const space_schema *s, int attr, const char *text, size_t len,
-                       obj_value *v, buf *err)
+static int parse_value(const space_schema *s, int attr, const char *text, size_t len, obj_value *v,
+                       buf *err)
 {
     space_type t = attr < 0 ? SPACE_STRING : s->attrs[attr].type;
     if (obj_parse_value(t, text, len, v) == 0) return 0;
@@ -114,7 +114,6 @@ static int parse_assigns(const space_schema *s, char **argv, const size_t *argvl
 static int parse_op(const char *w, size_t len)
 {
     if (len == 1 && w[0] == '=') return KV_EQ;
-    if (len == 2 && w[0] == '=' && w[1] == '=') return KV_EQ;
     if (len == 1 && w[0] == '<') return KV_LT;
     if (len == 2 && w[0] == '<' && w[1] == '=') return KV_LE;
     if (len == 1 && w[0] == '>') return KV_GT;
@@ -181,6 +180,12 @@ int kv_parse(const cmap_space *cs, kv_space *sp, int argc, char **argv, const si
                 break;
             }
         if (set_at < 0 || (argc - set_at - 1) % 2 || argc - set_at - 1 == 0) goto err_args_op;
+        for (int i = set_at + 1; i < argc; i += 2)
+            if ((word_is(argv[i], argvlen[i], "SET") || word_is(argv[i], argvlen[i], "IF")) &&
+                space_attr_find(s, argv[i], argvlen[i]) < 0) {
+                resp_add_error(err, "ERR syntax error: CPUT takes IF once, then SET once");
+                goto err_op;
+            }
         op->ncond = (uint32_t)(set_at - 4) / 2;
         op->nset = (uint32_t)(argc - set_at - 1) / 2;
         if (parse_assigns(s, argv, argvlen, 4, (int)op->ncond, op->cond, err) ||
@@ -288,8 +293,7 @@ void kv_op_detach(kv_op *op)
     for (uint32_t i = 0; i < op->ncond; i++)
         if (op->cond[i].v.type == SPACE_STRING) MOVE(op->cond[i].v.u.s.p, op->cond[i].v.u.s.len);
     for (uint32_t i = 0; i < op->npreds; i++)
-        if (op->preds[i].v.type == SPACE_STRING)
-            MOVE(op->preds[i].v.u.s.p, op->preds[i].v.u.s.len);
+        if (op->preds[i].v.type == SPACE_STRING) MOVE(op->preds[i].v.u.s.p, op->preds[i].v.u.s.len);
 #undef MOVE
 }
 
@@ -363,11 +367,16 @@ static bool pred_holds(const kv_pred *p, const obj_value *v)
 {
     int c = obj_compare(v, &p->v);
     switch (p->op) {
-    case KV_EQ: return c == 0;
-    case KV_LT: return c < 0;
-    case KV_LE: return c <= 0;
-    case KV_GT: return c > 0;
-    case KV_GE: return c >= 0;
+    case KV_EQ:
+        return c == 0;
+    case KV_LT:
+        return c < 0;
+    case KV_LE:
+        return c <= 0;
+    case KV_GT:
+        return c > 0;
+    case KV_GE:
+        return c >= 0;
     }
     return false;
 }
@@ -448,7 +457,8 @@ static const kv_pred *plan(const kv_op *op)
     for (uint32_t i = 0; i < op->npreds; i++) {
         const kv_pred *p = &op->preds[i];
         int rank = 0;
-        if (p->attr < 0 && p->op == KV_EQ) rank = 3;
+        if (p->attr < 0 && p->op == KV_EQ)
+            rank = 3;
         else if (p->attr >= 0 && op->sp->schema->attrs[p->attr].indexed)
             rank = p->op == KV_EQ ? 2 : 1;
         if (rank > best_rank) {
@@ -551,8 +561,7 @@ int kv_exec(store_txn *t, const kv_op *op, buf *reply)
     case KV_CPUT:
         if (op->kind == KV_CPUT) {
             if (!exists) {
-                resp_add_errorf(reply, "NOTFOUND no object with that key in space '%s'",
-                                s->name);
+                resp_add_errorf(reply, "NOTFOUND no object with that key in space '%s'", s->name);
                 return 0;
             }
             for (uint32_t i = 0; i < op->ncond; i++)
@@ -562,9 +571,12 @@ int kv_exec(store_txn *t, const kv_op *op, buf *reply)
                     return 0;
                 }
         }
-        if (exists) memcpy(newv, oldv, sizeof(obj_value) * s->nattrs);
-        else obj_zero(s, newv);
-        for (uint32_t i = 0; i < op->nset; i++) newv[op->set[i].attr] = op->set[i].v;
+        if (exists)
+            memcpy(newv, oldv, sizeof(obj_value) * s->nattrs);
+        else
+            obj_zero(s, newv);
+        for (uint32_t i = 0; i < op->nset; i++)
+            newv[op->set[i].attr] = op->set[i].v;
         if ((rc = write_obj(t, op, exists ? oldv : NULL, newv))) return rc;
         resp_add_simple(reply, "OK");
         return 0;

@@ -59,21 +59,21 @@ typedef struct kv_pred {
 } kv_pred;
 
 typedef struct kv_op {
-    int kind;        /* enum kv_kind */
-    kv_space *sp;    /* referenced */
-    uint32_t part;   /* partition of key (point operations) */
+    int kind;      /* enum kv_kind */
+    kv_space *sp;  /* referenced */
+    uint32_t part; /* partition of key (point operations) */
     const char *key;
     size_t klen;
     uint32_t nset;
-    kv_assign *set;  /* PUT and CPUT SET */
+    kv_assign *set; /* PUT and CPUT SET */
     uint32_t ncond;
     kv_assign *cond; /* CPUT IF */
     uint32_t attr;   /* ADD */
     int64_t delta;   /* ADD */
     uint32_t npreds;
-    kv_pred *preds;  /* SEARCH, COUNT */
-    uint64_t limit;  /* SEARCH; UINT64_MAX = none */
-    char *mem;       /* owned copies after kv_op_detach */
+    kv_pred *preds; /* SEARCH, COUNT */
+    uint64_t limit; /* SEARCH; UINT64_MAX = none */
+    char *mem;      /* owned copies after kv_op_detach */
 } kv_op;
 
 /* Returns the kind for a command name (case-insensitive), or 0. */

@@ -13,13 +13,13 @@
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: keel <command> [options]\n\n"
-                    "servers:\n"
-                    "  keel standalone [-f] [-p PORT] [-D DIR] ...   single-process server\n\n"
-                    "clients:\n");
+    printf("usage: keel <command> [options]\n\n"
+           "servers:\n"
+           "  keel standalone [-f] [-p PORT] [-D DIR] ...   single-process server\n\n"
+           "clients:\n");
     cli_usage();
-    fprintf(stderr, "\n  keel version | keel help\n"
-                    "Run 'keel <command> --help' for a command's options.\n");
+    printf("\n  keel version | keel help\n"
+           "Run 'keel <command> --help' for a command's options.\n");
 }
 
 int main(int argc, char **argv)

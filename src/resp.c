@@ -10,7 +10,7 @@
  *   START --'*'--> MB_HDR --"*N\r\n", N > 0 (parse_mb_hdr)--> BULK_HDR <--+
  *    ^  ^             |                                            |        |
  *    |  +-------------+ "*0" / "*-1": skipped (finish_request)     | "$L\r\n" |
- *    |                                                             v        |
+ *    |                                    (parse_bulk_hdr)         v        |
  *    +---- last argument: RESP_OK (emit) ------------------- BULK_DATA -----+
  *                                          more arguments (parse_bulk_data)
  *   START --other byte--> INLINE --'\n' (parse_inline)--> START: RESP_OK (emit),

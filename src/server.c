@@ -189,8 +189,10 @@ static void conn_close(conn *c)
     if (c->closing) return;
     c->closing = true;
     server *s = c->srv;
-    if (c->prev) c->prev->next = c->next;
-    else s->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->nconns--;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -217,8 +219,10 @@ static void item_free(item *it)
 static void batch_add(server *s, item *it)
 {
     it->base.next = NULL;
-    if (s->batch_tail) s->batch_tail->base.next = &it->base;
-    else s->batch_head = it;
+    if (s->batch_tail)
+        s->batch_tail->base.next = &it->base;
+    else
+        s->batch_head = it;
     s->batch_tail = it;
     it->c->pending++;
 }
@@ -284,8 +288,10 @@ static void on_items_done(void *arg, commit_item *list)
         list = list->next;
         conn *c = it->c;
         if (!c->closing) {
-            if (it->base.status) reply_ioerr(&c->out, it->base.status);
-            else buf_append(&c->out, it->base.reply.data, it->base.reply.len);
+            if (it->base.status)
+                reply_ioerr(&c->out, it->base.status);
+            else
+                buf_append(&c->out, it->base.reply.data, it->base.reply.len);
             if (it->close_after) c->close_after_flush = true;
             conn_mark_dirty(c);
         }
@@ -324,8 +330,8 @@ static void cmd_data(conn *c, int argc, char **argv, size_t *argvlen)
     server *s = c->srv;
     int kind = kv_kind_of(argv[0], argvlen[0]);
     if (argc < 2) {
-        resp_add_errorf(reply_buf(c), "ERR wrong number of arguments for '%.*s'",
-                        (int)argvlen[0], argv[0]);
+        resp_add_errorf(reply_buf(c), "ERR wrong number of arguments for '%.*s'", (int)argvlen[0],
+                        argv[0]);
         return;
     }
     const cmap_space *cs = cmap_space_find(s->map, argv[1], argvlen[1]);
@@ -411,7 +417,8 @@ static void cmd_space_list(conn *c, int argc, char **argv, size_t *argvlen)
     cmap *m = c->srv->map;
     buf *out = reply_buf(c);
     resp_add_array(out, m->nspaces);
-    for (uint32_t i = 0; i < m->nspaces; i++) resp_add_bulk_str(out, m->spaces[i].schema->name);
+    for (uint32_t i = 0; i < m->nspaces; i++)
+        resp_add_bulk_str(out, m->spaces[i].schema->name);
 }
 
 static void cmd_space_describe(conn *c, int argc, char **argv, size_t *argvlen)
@@ -444,8 +451,10 @@ static void cmd_config(conn *c, int argc, char **argv, size_t *argvlen)
         buf v;
         buf_init(&v);
         buf *out = reply_buf(c);
-        if (cmap_config_get(s->map, name, &v)) resp_add_errorf(out, "ERR unknown setting '%s'", name);
-        else resp_add_bulk(out, v.data, v.len);
+        if (cmap_config_get(s->map, name, &v))
+            resp_add_errorf(out, "ERR unknown setting '%s'", name);
+        else
+            resp_add_bulk(out, v.data, v.len);
         buf_free(&v);
     } else if (is(argv[1], argvlen[1], "SET") && argc == 4) {
         char value[64];
@@ -470,8 +479,10 @@ static void cmd_config(conn *c, int argc, char **argv, size_t *argvlen)
 
 static void cmd_ping(conn *c, int argc, char **argv, size_t *argvlen)
 {
-    if (argc == 1) resp_add_simple(reply_buf(c), "PONG");
-    else resp_add_bulk(reply_buf(c), argv[1], argvlen[1]);
+    if (argc == 1)
+        resp_add_simple(reply_buf(c), "PONG");
+    else
+        resp_add_bulk(reply_buf(c), argv[1], argvlen[1]);
 }
 
 static void cmd_echo(conn *c, int argc, char **argv, size_t *argvlen)
@@ -504,31 +515,36 @@ static void cmd_info(conn *c, int argc, char **argv, size_t *argvlen)
     buf_init(&t);
 #define SECTION(name) (!want || is(want, wlen, name) || is(want, wlen, "all"))
     if (SECTION("server")) {
-        buf_printf(&t, "# Server\r\nkeel_version:%s\r\nmode:standalone\r\nprocess_id:%d\r\n"
-                       "tcp_host:%s\r\ntcp_port:%d\r\nuptime_in_seconds:%llu\r\n"
-                       "cluster_id:%016llx\r\n\r\n",
+        buf_printf(&t,
+                   "# Server\r\nkeel_version:%s\r\nmode:standalone\r\nprocess_id:%d\r\n"
+                   "tcp_host:%s\r\ntcp_port:%d\r\nuptime_in_seconds:%llu\r\n"
+                   "cluster_id:%016llx\r\n\r\n",
                    KEEL_VERSION, (int)getpid(), s->o.host, s->o.port,
                    (unsigned long long)((now_ms() - s->start_ms) / 1000),
                    (unsigned long long)s->map->cluster_id);
     }
     if (SECTION("clients")) {
-        buf_printf(&t, "# Clients\r\nconnected_clients:%zu\r\nmax_connections:%zu\r\n"
-                       "rejected_connections:%llu\r\n\r\n",
+        buf_printf(&t,
+                   "# Clients\r\nconnected_clients:%zu\r\nmax_connections:%zu\r\n"
+                   "rejected_connections:%llu\r\n\r\n",
                    s->nconns, s->o.max_conns, s->stat_rejected);
     }
     if (SECTION("stats")) {
-        buf_printf(&t, "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
-                       "group_commits:%llu\r\n\r\n",
+        buf_printf(&t,
+                   "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
+                   "group_commits:%llu\r\n\r\n",
                    s->stat_conns, s->stat_cmds, commit_groups(s->cm));
     }
     if (SECTION("storage")) {
-        buf_printf(&t, "# Storage\r\ndata_dir:%s\r\nsync:%s\r\nmap_size:%zu\r\nmap_version:%llu\r\n\r\n",
-                   s->o.dir, store_sync_name(s->o.sync_policy), s->o.map_size,
-                   (unsigned long long)s->map->version);
+        buf_printf(
+            &t, "# Storage\r\ndata_dir:%s\r\nsync:%s\r\nmap_size:%zu\r\nmap_version:%llu\r\n\r\n",
+            s->o.dir, store_sync_name(s->o.sync_policy), s->o.map_size,
+            (unsigned long long)s->map->version);
     }
     if (SECTION("limits")) {
-        buf_printf(&t, "# Limits\r\nmax_request_bytes:%zu\r\nmax_args:%zu\r\nmax_bulk_bytes:%zu\r\n"
-                       "max_key_bytes:%zu\r\nmax_connections:%zu\r\n\r\n",
+        buf_printf(&t,
+                   "# Limits\r\nmax_request_bytes:%zu\r\nmax_args:%zu\r\nmax_bulk_bytes:%zu\r\n"
+                   "max_key_bytes:%zu\r\nmax_connections:%zu\r\n\r\n",
                    s->o.max_request, s->o.max_args, s->o.max_bulk, s->o.max_key, s->o.max_conns);
     }
     if (SECTION("keyspace")) {
@@ -555,10 +571,14 @@ static const struct command {
     int min_args, max_args; /* counting the name; max -1: any */
     cmd_fn fn;
 } commands[] = {
-    {"SPACE.ADD", 2, -1, cmd_space_add},   {"SPACE.DROP", 2, 2, cmd_space_drop},
-    {"SPACE.LIST", 1, 1, cmd_space_list},  {"SPACE.DESCRIBE", 2, 2, cmd_space_describe},
-    {"CLUSTER.CONFIG", 3, 4, cmd_config},  {"PING", 1, 2, cmd_ping},
-    {"ECHO", 2, 2, cmd_echo},              {"INFO", 1, 2, cmd_info},
+    {"SPACE.ADD", 2, -1, cmd_space_add},
+    {"SPACE.DROP", 2, 2, cmd_space_drop},
+    {"SPACE.LIST", 1, 1, cmd_space_list},
+    {"SPACE.DESCRIBE", 2, 2, cmd_space_describe},
+    {"CLUSTER.CONFIG", 3, 4, cmd_config},
+    {"PING", 1, 2, cmd_ping},
+    {"ECHO", 2, 2, cmd_echo},
+    {"INFO", 1, 2, cmd_info},
     {"QUIT", 1, 1, cmd_quit},
 };
 
@@ -594,8 +614,10 @@ static void conn_process(conn *c)
         if (rc == RESP_ERROR) {
             log_info("closing a client connection: %s", c->parser.err);
             resp_add_error(reply_buf(c), c->parser.err);
-            if (c->pending) ((item *)c->srv->batch_tail)->close_after = true;
-            else c->close_after_flush = true;
+            if (c->pending)
+                ((item *)c->srv->batch_tail)->close_after = true;
+            else
+                c->close_after_flush = true;
             break;
         }
         dispatch(c, (int)req.argc, req.argv, req.argvlen);
@@ -637,8 +659,10 @@ static void on_written(uv_write_t *req, int status)
     conn *c = req->data;
     c->writing = false;
     buf_reset(&c->wbuf);
-    if (status < 0) conn_close(c);
-    else conn_mark_dirty(c);
+    if (status < 0)
+        conn_close(c);
+    else
+        conn_mark_dirty(c);
     conn_maybe_free(c);
 }
 
@@ -719,8 +743,10 @@ static void on_connection(uv_stream_t *l, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = true;
-    else conn_close(c);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = true;
+    else
+        conn_close(c);
 }
 
 /* ---- the loop turn ---------------------------------------------------------- */
@@ -779,13 +805,15 @@ static void begin_shutdown(server *s, int signum)
 
 static void finish_shutdown(server *s)
 {
-    while (s->conns) conn_close(s->conns);
+    while (s->conns)
+        conn_close(s->conns);
     commit_stop(s->cm); /* delivers the last completions, syncs */
     s->cm = NULL;
     uv_prepare_stop(&s->prepare);
     uv_close((uv_handle_t *)&s->prepare, NULL);
     uv_close((uv_handle_t *)&s->grace, NULL);
-    for (int i = 0; i < 3; i++) uv_close((uv_handle_t *)&s->sigs[i], NULL);
+    for (int i = 0; i < 3; i++)
+        uv_close((uv_handle_t *)&s->sigs[i], NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -826,7 +854,8 @@ static int load_map(server *s, char *err, size_t errlen)
         int bad = cmap_decode(v, vlen, &s->map);
         store_txn_abort(&t);
         if (bad) {
-            snprintf(err, errlen, "the cluster map in %s is unreadable (corrupt or from a newer keel)",
+            snprintf(err, errlen,
+                     "the cluster map in %s is unreadable (corrupt or from a newer keel)",
                      s->o.dir);
             return -1;
         }
@@ -863,8 +892,10 @@ static int load_map(server *s, char *err, size_t errlen)
     cmap_encode(s->map, &cmd);
     if ((rc = store_txn_begin(s->st, true, &t)) == 0) {
         rc = store_meta_put(&t, "cmap", cmd.data, cmd.len);
-        if (rc) store_txn_abort(&t);
-        else rc = store_txn_commit(&t);
+        if (rc)
+            store_txn_abort(&t);
+        else
+            rc = store_txn_commit(&t);
     }
     buf_free(&cmd);
     if (rc == 0) rc = store_sync(s->st);
@@ -961,8 +992,8 @@ static int server_run(const server_opts *o, int ready_fd)
         uv_signal_start(&s->sigs[i], on_signal, signums[i]);
     }
     if (!o->foreground) write_pid_file(s);
-    log_notice("event=server_started mode=standalone listen=%s:%d data=%s sync=%s pid=%d",
-               o->host, o->port, o->dir, store_sync_name(o->sync_policy), (int)getpid());
+    log_notice("event=server_started mode=standalone listen=%s:%d data=%s sync=%s pid=%d", o->host,
+               o->port, o->dir, store_sync_name(o->sync_policy), (int)getpid());
     if (ready_fd >= 0) {
         ssize_t w = write(ready_fd, "0", 1);
         (void)w;
@@ -982,7 +1013,8 @@ static int server_run(const server_opts *o, int ready_fd)
 err_after_rtxn:
     store_txn_abort(&s->rtxn);
 err_after_map:
-    for (size_t i = 0; i < s->nspaces; i++) kv_space_unref(s->spaces[i].sp);
+    for (size_t i = 0; i < s->nspaces; i++)
+        kv_space_unref(s->spaces[i].sp);
     free(s->spaces);
     cmap_free(s->map);
 err_after_store:
@@ -1029,7 +1061,8 @@ int server_main(const server_opts *o)
         close(fds[1]);
         char msg[600] = "";
         ssize_t n = 0, r;
-        while ((r = read(fds[0], msg + n, sizeof msg - 1 - (size_t)n)) > 0) n += r;
+        while ((r = read(fds[0], msg + n, sizeof msg - 1 - (size_t)n)) > 0)
+            n += r;
         msg[n > 0 ? n : 0] = 0;
         if (n > 0 && msg[0] == '0') {
             printf("keel: serving on %s:%d (pid %d), data in %s, log in %s/keel.log\n", o->host,
@@ -1099,34 +1132,48 @@ int server_parse_args(int argc, char **argv, server_opts *o)
                        .max_bulk = RESP_DEFAULT_MAX_BULK,
                        .max_key = 256,
                        .max_conns = 10000};
-    enum { OPT_SYNC = 1000, OPT_MAP, OPT_MREQ, OPT_MARGS, OPT_MBULK, OPT_MKEY, OPT_MCONN, OPT_HELP };
-    static const struct option lo[] = {
-        {"foreground", no_argument, 0, 'f'},
-        {"listen", required_argument, 0, 'l'},
-        {"listen-port", required_argument, 0, 'p'},
-        {"port", required_argument, 0, 'p'},
-        {"data", required_argument, 0, 'D'},
-        {"sync", required_argument, 0, OPT_SYNC},
-        {"map-size", required_argument, 0, OPT_MAP},
-        {"max-request-bytes", required_argument, 0, OPT_MREQ},
-        {"max-args", required_argument, 0, OPT_MARGS},
-        {"max-bulk-bytes", required_argument, 0, OPT_MBULK},
-        {"max-key-bytes", required_argument, 0, OPT_MKEY},
-        {"max-connections", required_argument, 0, OPT_MCONN},
-        {"help", no_argument, 0, OPT_HELP},
-        {0, 0, 0, 0}};
+    enum {
+        OPT_SYNC = 1000,
+        OPT_MAP,
+        OPT_MREQ,
+        OPT_MARGS,
+        OPT_MBULK,
+        OPT_MKEY,
+        OPT_MCONN,
+        OPT_HELP
+    };
+    static const struct option lo[] = {{"foreground", no_argument, 0, 'f'},
+                                       {"listen", required_argument, 0, 'l'},
+                                       {"listen-port", required_argument, 0, 'p'},
+                                       {"port", required_argument, 0, 'p'},
+                                       {"data", required_argument, 0, 'D'},
+                                       {"sync", required_argument, 0, OPT_SYNC},
+                                       {"map-size", required_argument, 0, OPT_MAP},
+                                       {"max-request-bytes", required_argument, 0, OPT_MREQ},
+                                       {"max-args", required_argument, 0, OPT_MARGS},
+                                       {"max-bulk-bytes", required_argument, 0, OPT_MBULK},
+                                       {"max-key-bytes", required_argument, 0, OPT_MKEY},
+                                       {"max-connections", required_argument, 0, OPT_MCONN},
+                                       {"help", no_argument, 0, OPT_HELP},
+                                       {0, 0, 0, 0}};
     optind = 1;
     int ch;
     size_t port = 0;
     while ((ch = getopt_long(argc, argv, "fl:p:D:", lo, NULL)) != -1) {
         switch (ch) {
-        case 'f': o->foreground = true; break;
-        case 'l': o->host = optarg; break;
+        case 'f':
+            o->foreground = true;
+            break;
+        case 'l':
+            o->host = optarg;
+            break;
         case 'p':
             if (parse_size("--listen-port", optarg, 1, 65535, &port)) return 2;
             o->port = (int)port;
             break;
-        case 'D': o->dir = optarg; break;
+        case 'D':
+            o->dir = optarg;
+            break;
         case OPT_SYNC:
             if ((o->sync_policy = store_sync_parse(optarg)) < 0) {
                 fprintf(stderr, "keel: --sync must be always, batch or none, got '%s'\n", optarg);
@@ -1152,8 +1199,12 @@ int server_parse_args(int argc, char **argv, server_opts *o)
         case OPT_MCONN:
             if (parse_size("--max-connections", optarg, 1, 1000000, &o->max_conns)) return 2;
             break;
-        case OPT_HELP: server_usage(); exit(0);
-        default: server_usage(); return 2;
+        case OPT_HELP:
+            server_usage();
+            exit(0);
+        default:
+            server_usage();
+            return 2;
         }
     }
     if (optind < argc) {

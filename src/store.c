@@ -30,9 +30,12 @@ int store_sync_parse(const char *name)
 const char *store_sync_name(int policy)
 {
     switch (policy) {
-    case STORE_SYNC_ALWAYS: return "always";
-    case STORE_SYNC_BATCH: return "batch";
-    case STORE_SYNC_NONE: return "none";
+    case STORE_SYNC_ALWAYS:
+        return "always";
+    case STORE_SYNC_BATCH:
+        return "batch";
+    case STORE_SYNC_NONE:
+        return "none";
     }
     return "?";
 }
@@ -130,8 +133,7 @@ int store_txn_renew(store_txn *t)
 }
 
 /* Key builders write into caller stack buffers of STORE key size (511). */
-static size_t obj_key(unsigned char *k, uint32_t space, uint32_t part, const void *key,
-                      size_t klen)
+static size_t obj_key(unsigned char *k, uint32_t space, uint32_t part, const void *key, size_t klen)
 {
     k[0] = (unsigned char)(space >> 24);
     k[1] = (unsigned char)(space >> 16);
@@ -174,16 +176,16 @@ int store_obj_get(store_txn *t, uint32_t space, uint32_t part, const void *key, 
     return 0;
 }
 
-static int index_put(store_txn *t, uint32_t space, uint32_t part, uint16_t attr,
-                     const obj_value *v, const void *key, size_t klen)
+static int index_put(store_txn *t, uint32_t space, uint32_t part, uint16_t attr, const obj_value *v,
+                     const void *key, size_t klen)
 {
     unsigned char k[512];
     MDB_val mk = {idx_key(k, space, part, attr, v, key, klen), k}, mv = {0, ""};
     return mdb_put(t->txn, t->s->idx, &mk, &mv, 0);
 }
 
-static int index_del(store_txn *t, uint32_t space, uint32_t part, uint16_t attr,
-                     const obj_value *v, const void *key, size_t klen)
+static int index_del(store_txn *t, uint32_t space, uint32_t part, uint16_t attr, const obj_value *v,
+                     const void *key, size_t klen)
 {
     unsigned char k[512];
     MDB_val mk = {idx_key(k, space, part, attr, v, key, klen), k};
@@ -262,9 +264,9 @@ struct scan_ctx {
     store_obj_cb cb;
     store_key_cb kcb;
     void *arg;
-    size_t skip;       /* prefix bytes before the key */
-    const void *hi;    /* index upper bound, or NULL */
-    size_t width;      /* image width */
+    size_t skip;    /* prefix bytes before the key */
+    const void *hi; /* index upper bound, or NULL */
+    size_t width;   /* image width */
 };
 
 static int scan_obj(void *arg, MDB_val *k, MDB_val *v)
@@ -332,8 +334,7 @@ int store_drop_space(store_txn *t, uint32_t space)
     unsigned char p[16];
     obj_key(p, space, 0, "", 0);
     int rc;
-    if ((rc = del_prefix(t, t->s->obj, p, 4)) || (rc = del_prefix(t, t->s->idx, p, 4)))
-        return rc;
+    if ((rc = del_prefix(t, t->s->obj, p, 4)) || (rc = del_prefix(t, t->s->idx, p, 4))) return rc;
     unsigned char m[6] = {'p', '/', p[0], p[1], p[2], p[3]};
     return del_prefix(t, t->s->meta, m, sizeof m);
 }

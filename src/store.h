@@ -85,8 +85,7 @@ int store_obj_del(store_txn *t, const space_schema *sc, uint32_t space, uint32_t
                   const void *key, size_t klen, const obj_value *oldv);
 
 /* Scans. The callback returns 0 to continue, 1 to stop (not an error). */
-typedef int (*store_obj_cb)(void *arg, const void *key, size_t klen, const void *val,
-                            size_t vlen);
+typedef int (*store_obj_cb)(void *arg, const void *key, size_t klen, const void *val, size_t vlen);
 typedef int (*store_key_cb)(void *arg, const void *key, size_t klen);
 /* Every object of one partition, in key order. */
 int store_scan(store_txn *t, uint32_t space, uint32_t part, store_obj_cb cb, void *arg);

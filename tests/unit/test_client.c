@@ -44,6 +44,8 @@ typedef struct step {
     int close;                    /* close the connection after the reply */
     const char *bin;              /* if set: binlen bytes written after the parts */
     size_t binlen;
+    int early; /* answer as soon as any bytes arrive, then close (a server
+                  refusing an oversized request before reading it all) */
 } step;
 
 typedef struct fake {
@@ -52,7 +54,7 @@ typedef struct fake {
     pthread_t th;
     const step *steps;
     size_t nsteps;
-    size_t echo;          /* > 0: answer this many requests with their last argument */
+    size_t echo;            /* > 0: answer this many requests with their last argument */
     char log[MAX_LOG][512]; /* each request received, arguments joined with '|' */
     size_t nlog;
 } fake;
@@ -104,6 +106,13 @@ static void *fake_run(void *arg)
     size_t total = f->echo ? f->echo : f->nsteps;
     int closed = 0;
     for (size_t i = 0; i < total && !closed; i++) {
+        if (!f->echo && f->steps[i].early) {
+            char tmp[1024];
+            if (recv(fd, tmp, sizeof tmp, 0) > 0)
+                write_all(fd, f->steps[i].parts[0], strlen(f->steps[i].parts[0]));
+            closed = 1;
+            break;
+        }
         resp_request req;
         if (!next_request(fd, &p, &in, &req)) break;
         if (f->echo) {
@@ -202,7 +211,10 @@ static int dead_port(void)
     return ntohs(sa.sin_port);
 }
 
-#define ATTR(n, v) {(n), (v), sizeof(v) - 1}
+#define ATTR(n, v)                                                                                 \
+    {                                                                                              \
+        (n), (v), sizeof(v) - 1                                                                    \
+    }
 
 /* ---------------------------------------------------------------------------
  * Connection
@@ -261,7 +273,8 @@ static void test_strerror(void **state)
         const char *m = keel_strerror(s);
         assert_non_null(m);
         assert_string_not_equal(m, "unknown status");
-        for (int t = s + 1; t <= KEEL_OK; t++) assert_string_not_equal(m, keel_strerror(t));
+        for (int t = s + 1; t <= KEEL_OK; t++)
+            assert_string_not_equal(m, keel_strerror(t));
     }
     assert_string_equal(keel_strerror(KEEL_ERR_UNAVAILABLE - 1), "unknown status");
     assert_string_equal(keel_strerror(1), "unknown status");
@@ -386,7 +399,8 @@ static void test_error_words(void **state)
     };
     enum { N = sizeof cases / sizeof cases[0] };
     static step steps[N];
-    for (size_t i = 0; i < N; i++) steps[i] = (step){{cases[i].line}};
+    for (size_t i = 0; i < N; i++)
+        steps[i] = (step){{cases[i].line}};
     fake f;
     fake_start(&f, steps, N);
     keel_client *c = connect_to(&f, 2000);
@@ -453,8 +467,10 @@ static void test_search_count(void **state)
     (void)state;
     static const step steps[] = {
         /* two objects, nested arrays, split inside the second object */
-        {{"*2\r\n*6\r\n$8\r\nusername\r\n$2\r\nu1\r\n$5\r\nfirst\r\n$4\r\nJohn\r\n$5\r\nphone\r\n:1\r\n",
-          "*6\r\n$8\r\nusername\r\n$2\r\nu2\r\n$5\r\nfir", "st\r\n$0\r\n\r\n$5\r\nphone\r\n:2\r\n"}},
+        {{"*2\r\n*6\r\n$8\r\nusername\r\n$2\r\nu1\r\n$5\r\nfirst\r\n$4\r\nJohn\r\n$5\r\nphone\r\n:"
+          "1\r\n",
+          "*6\r\n$8\r\nusername\r\n$2\r\nu2\r\n$5\r\nfir",
+          "st\r\n$0\r\n\r\n$5\r\nphone\r\n:2\r\n"}},
         {{"*0\r\n"}},
         {{":7\r\n"}},
         {{"-NOATTR space 'kv' has no attribute 'zz'\r\n"}},
@@ -511,7 +527,8 @@ static void test_spaces(void **state)
     fake_start(&f, steps, 8);
     keel_client *c = connect_to(&f, 2000);
     assert_int_equal(keel_space_add(c, "space kv key k attributes v"), KEEL_OK);
-    assert_int_equal(keel_space_add(c, "space x\nkey k\nattributes integer phone"), KEEL_ERR_SERVER);
+    assert_int_equal(keel_space_add(c, "space x\nkey k\nattributes integer phone"),
+                     KEEL_ERR_SERVER);
     assert_string_equal(keel_client_errmsg(c),
                         "ERR line 3: unknown type 'integer' for attribute 'phone'");
     char **names = NULL;
@@ -755,16 +772,16 @@ static void test_wrong_shape(void **state)
         const char *reply;
         int which;
     } cases[] = {
-        {":1\r\n", 0},                    /* PUT wants a status */
-        {"+OK\r\n", 1},                   /* GET wants nil or an array */
+        {":1\r\n", 0},                                  /* PUT wants a status */
+        {"+OK\r\n", 1},                                 /* GET wants nil or an array */
         {"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n", 1}, /* odd pairs */
-        {"*2\r\n:1\r\n$1\r\nb\r\n", 1},   /* name not a bulk */
-        {":2\r\n", 2},                    /* DEL wants 0 or 1 */
-        {"*1\r\n*1\r\n$1\r\nk\r\n", 3},   /* SEARCH object without key */
-        {":-1\r\n", 4},                   /* COUNT negative */
-        {"*1\r\n:5\r\n", 5},              /* SPACE.LIST of integers */
-        {"$-1\r\n", 6},                   /* SPACE.DESCRIBE wants a bulk */
-        {"$2\r\nOK\r\n", 7},              /* ADD wants an integer */
+        {"*2\r\n:1\r\n$1\r\nb\r\n", 1},                 /* name not a bulk */
+        {":2\r\n", 2},                                  /* DEL wants 0 or 1 */
+        {"*1\r\n*1\r\n$1\r\nk\r\n", 3},                 /* SEARCH object without key */
+        {":-1\r\n", 4},                                 /* COUNT negative */
+        {"*1\r\n:5\r\n", 5},                            /* SPACE.LIST of integers */
+        {"$-1\r\n", 6},                                 /* SPACE.DESCRIBE wants a bulk */
+        {"$2\r\nOK\r\n", 7},                            /* ADD wants an integer */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         step steps[1] = {{{cases[i].reply}}};
@@ -778,14 +795,30 @@ static void test_wrong_shape(void **state)
         int64_t v = 0;
         int rc = 0;
         switch (cases[i].which) {
-        case 0: rc = keel_put(c, "kv", "k", 1, NULL, 0); break;
-        case 1: rc = keel_get(c, "kv", "k", 1, &o); break;
-        case 2: rc = keel_del(c, "kv", "k", 1, NULL); break;
-        case 3: rc = keel_search(c, "kv", NULL, 0, 0, &objs, &n); break;
-        case 4: rc = keel_count(c, "kv", NULL, 0, &cnt); break;
-        case 5: rc = keel_space_list(c, &names, &n); break;
-        case 6: rc = keel_space_describe(c, "kv", &text); break;
-        case 7: rc = keel_add(c, "kv", "k", 1, "n", 1, &v); break;
+        case 0:
+            rc = keel_put(c, "kv", "k", 1, NULL, 0);
+            break;
+        case 1:
+            rc = keel_get(c, "kv", "k", 1, &o);
+            break;
+        case 2:
+            rc = keel_del(c, "kv", "k", 1, NULL);
+            break;
+        case 3:
+            rc = keel_search(c, "kv", NULL, 0, 0, &objs, &n);
+            break;
+        case 4:
+            rc = keel_count(c, "kv", NULL, 0, &cnt);
+            break;
+        case 5:
+            rc = keel_space_list(c, &names, &n);
+            break;
+        case 6:
+            rc = keel_space_describe(c, "kv", &text);
+            break;
+        case 7:
+            rc = keel_add(c, "kv", "k", 1, "n", 1, &v);
+            break;
         }
         assert_int_equal(rc, KEEL_ERR_PROTOCOL);
         assert_non_null(strstr(keel_client_errmsg(c), "unexpected"));
@@ -797,6 +830,30 @@ static void test_wrong_shape(void **state)
         keel_client_close(c);
         fake_stop(&f);
     }
+}
+
+/* The server answers an oversized request with an error and closes while
+ * the client is still sending: the client reports the server's error (not a
+ * bare "send failed") and is failed afterwards. */
+static void test_error_then_close_while_sending(void **state)
+{
+    (void)state;
+    static const step steps[] = {
+        {{"-ERR request exceeds max_bulk_bytes (16777216)\r\n"}, 1, NULL, 0, 1}};
+    fake f;
+    fake_start(&f, steps, 1);
+    keel_client *c = connect_to(&f, 5000);
+    size_t big = 32u * 1024 * 1024;
+    char *v = malloc(big);
+    assert_non_null(v);
+    memset(v, 'v', big);
+    keel_attr a = {"v", v, big};
+    assert_int_equal(keel_put(c, "kv", "k", 1, &a, 1), KEEL_ERR_SERVER);
+    assert_string_equal(keel_client_errmsg(c), "ERR request exceeds max_bulk_bytes (16777216)");
+    assert_int_equal(keel_ping(c), KEEL_ERR_IO);
+    free(v);
+    keel_client_close(c);
+    fake_stop(&f);
 }
 
 static void test_timeout(void **state)
@@ -903,6 +960,7 @@ int main(void)
         cmocka_unit_test(test_close_before_reply),
         cmocka_unit_test(test_malformed_reply),
         cmocka_unit_test(test_wrong_shape),
+        cmocka_unit_test(test_error_then_close_while_sending),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_invalid_arguments),
         cmocka_unit_test(test_ops),
