@@ -320,27 +320,43 @@ check_counts() {      # both servers hold exactly KEYSPACE keys
 
 # ------------------------------------------------------------ benchmarking --
 
-RESULTS="$WORK/results.tsv"   # label server rep rps p50 p99 busy, tab-separated
+RESULTS="$WORK/results.tsv"   # label server rep rps p50 p99 other-load, tab-separated
 : >"$RESULTS"
 RUN_NO=0
 
-cpu_busy() {       # percent of all cores busy over the next second (whole host)
-    local a b
-    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ")
-        busy = y[1] - x[1]; idle = y[2] - x[2]
-        printf "%.0f\n", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
+proc_ticks() {     # proc_ticks PID...: user + system clock ticks of those processes
+    local p t=0 x
+    for p in "$@"; do
+        x=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || x=0
+        t=$((t + ${x:-0}))
+    done
+    echo "$t"
 }
 
-# quiet: sets BUSY to the host's busy percent just before a run, first
-# waiting up to QUIET_WAIT seconds for it to drop below QUIET_BUSY
+# cpu_busy: sets BUSY to the percent of all cores used over the next second by
+# everything except the two servers under test, and SRV to the servers' share
+cpu_busy() {
+    local a b pa pb
+    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat)
+    pa=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
+    sleep 1
+    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat)
+    pb=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
+    read -r BUSY SRV < <(awk -v a="$a" -v b="$b" -v s=$((pb - pa)) 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        busy = y[1] - x[1]; total = busy + y[2] - x[2]
+        if (total <= 0) { print 0, 0; exit }
+        o = busy - s; if (o < 0) o = 0
+        printf "%.0f %.0f\n", 100 * o / total, 100 * s / total }')
+}
+
+# quiet: measure BUSY/SRV just before a run, first waiting up to QUIET_WAIT
+# seconds for the other load on the host to drop below QUIET_BUSY
 quiet() {
     local waited=0
-    BUSY=$(cpu_busy)
+    cpu_busy
     while [ "$waited" -lt "$QUIET_WAIT" ] && [ "$BUSY" -ge "$QUIET_BUSY" ]; do
-        BUSY=$(cpu_busy)
+        cpu_busy
         waited=$((waited + 1))
     done
 }
@@ -377,9 +393,9 @@ bench() {
     awk -v l="$line" 'BEGIN { split(l, f, "\t"); exit !(f[1] + 0 > 0) }' \
         || fail "$label on $server: zero throughput"
     printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$server" "$rep" "$line" "$BUSY" >>"$RESULTS"
-    printf '  %-8s %-6s rep %d: %12s rps  p50 %6s ms  p99 %7s ms  (host busy before: %s%%)\n' \
+    printf '  %-8s %-6s rep %d: %12s rps  p50 %6s ms  p99 %7s ms  (before: other load %s%%, servers %s%%)\n' \
         "$label" "$server" "$rep" "$(cut -f1 <<<"$line")" "$(cut -f2 <<<"$line")" \
-        "$(cut -f3 <<<"$line")" "$BUSY"
+        "$(cut -f3 <<<"$line")" "$BUSY" "$SRV"
 }
 
 # pair LABEL REP N P KEELARGS -- REDISARGS: keel and redis back to back,
@@ -547,5 +563,5 @@ done
 echo
 echo "data on disk after the main runs: keel $keel_du, redis $redis_du"
 echo "spread = (max - min) / median of the $R rps values; '-' with R=1."
-echo "host busy before runs (all cores, before each run): $(awk -F'\t' '{ s += $7; if ($7 > m) m = $7 } END { printf "mean %.0f%%, max %d%%", s / NR, m }' "$RESULTS")"
+echo "other load on the host in the second before each run (percent of all cores): $(awk -F'\t' '{ s += $7; if ($7 > m) m = $7 } END { printf "mean %.0f%%, max %d%%", s / NR, m }' "$RESULTS")"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

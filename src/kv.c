@@ -283,7 +283,7 @@ void kv_op_detach(kv_op *op)
     op->mem = m;
 #define MOVE(p, len)                                                                               \
     do {                                                                                           \
-        memcpy(m, (p), (len));                                                                     \
+        if (len) memcpy(m, (p), (len));                                                            \
         (p) = m;                                                                                   \
         m += (len);                                                                                \
     } while (0)

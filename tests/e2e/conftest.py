@@ -127,7 +127,7 @@ class KeelServer:
                 self._expected_exit = False
                 return self
             last = "exit %s, log %s:\n%s" % (rc, self.logs[-1], log)
-            if "in use" not in log.lower():
+            if "address already in use" not in log.lower():
                 break
             port = free_port()
         raise ServerStartError("keel standalone did not start: " + last)

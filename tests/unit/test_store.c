@@ -11,7 +11,6 @@
  * policy names, opening a path that is not a directory, store_count, and the
  * corruption errors reported when callers pass stale old values.
  */
-#define _XOPEN_SOURCE 700
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
