@@ -1,33 +1,34 @@
-/* server: `keel standalone` — the network thread of the single-process server.
+/* server: `keel standalone` — the single-process server's loop thread.
  *
  * Design note
  * -----------
- * One libuv loop owns every connection, the cluster map and the data path's
- * read transaction; the storage thread (commit.c) owns every write
- * transaction. A request is parsed in place (resp.c), validated against the
- * schema (kv_parse), and then:
+ * One libuv loop owns the connections (net.c), the cluster map and the data
+ * path's read transaction; the storage thread (commit.c) owns every write
+ * transaction. A request is parsed in place, validated against the schema
+ * (kv_parse), and then:
  *
- *   - a read on a connection with nothing in flight runs at once against the
- *     loop's LMDB read transaction (memory-mapped, no disk wait on a warm
- *     cache) and its reply is appended to the connection's output;
- *   - everything else that must follow a write — writes, admin changes that
- *     persist the map, and any request of a connection that already has items
- *     in flight — becomes a commit item, collected for this loop turn and
- *     handed to the storage thread in one group (uv_prepare, once per turn).
+ *   - a read on a connection with no reply outstanding runs at once against
+ *     the loop's LMDB read transaction (memory-mapped, no disk wait on a warm
+ *     cache) and is answered at once;
+ *   - a write, an admin change that persists the map, or a read on a
+ *     connection that has writes in flight becomes a commit item with a
+ *     deferred reply, collected for this loop turn and handed to the storage
+ *     thread as one group (uv_prepare, once per turn).
  *
  * Invariants:
- *   1. Replies leave a connection in request order: while c->pending > 0,
- *      every reply (even an immediate error) travels as a commit item, and
- *      items complete in submission order (commit.h invariant 1).
+ *   1. Replies leave a connection in request order (net.h invariant 1), and a
+ *      read that follows a write on the same connection sees that write (it
+ *      runs after it in the same group or a later one).
  *   2. A write is acknowledged only after its group committed (and synced,
- *      with --sync always).
+ *      with --sync always): items complete after their transaction
+ *      (commit.h invariant 1).
  *   3. The read transaction is reset at the end of every loop turn and after
  *      every completion, so a read that starts after an acknowledgement sees
  *      the acknowledged write (linearizability of single-object operations).
- *   4. A connection's memory is freed only once its handle is closed, no item
- *      of it is in flight, and it is off the dirty list.
- *   5. Nothing a client sends can crash the server: protocol errors and broken
- *      limits close only that connection, after an -ERR naming the cause.
+ *   4. The cluster map changes only on the loop thread, through cmap_apply;
+ *      the change and the map's new encoding are persisted in the same group
+ *      commit FIFO as data writes, so a write to a new space can never reach
+ *      the disk before the space does.
  */
 #include "server.h"
 
@@ -51,45 +52,22 @@
 #include "commit.h"
 #include "kv.h"
 #include "log.h"
+#include "net.h"
 #include "resp.h"
 #include "store.h"
 
 #define KEEL_VERSION "0.1.0"
-#define READ_CHUNK (64 * 1024)
-#define OUT_HIGH_WATER (32u * 1024 * 1024) /* stop reading from a client that does not read */
 #define SHUTDOWN_GRACE_MS 5000
 
 typedef struct server server;
-typedef struct conn conn;
 
-struct conn {
-    uv_tcp_t tcp;
-    server *srv;
-    conn *prev, *next; /* all connections */
-    conn *next_dirty;  /* dirty list (has output to flush or a state to act on) */
-    bool dirty;
-    buf in;
-    resp_parser parser;
-    buf out;  /* replies not yet handed to the kernel */
-    buf wbuf; /* bytes of the async write in progress */
-    uv_write_t wreq;
-    bool writing;
-    bool reading;
-    bool throttled;         /* reading stopped: the client does not read replies */
-    bool close_after_flush; /* QUIT or a protocol error */
-    bool closing;           /* uv_close called */
-    bool handle_closed;     /* close callback ran */
-    unsigned pending;       /* commit items in flight */
-};
-
-/* A unit of work for the storage thread, owned by a connection. */
+/* A unit of work for the storage thread, answered through a deferred reply. */
 typedef struct item {
     commit_item base; /* first: commit_item * <-> item * */
-    conn *c;
+    net_reply *reply;
     kv_op *op;           /* data command, or NULL */
     buf blob;            /* an encoded cluster map to persist, if len > 0 */
     uint32_t drop_space; /* a space id whose data to delete, or 0 */
-    bool close_after;    /* QUIT: close once this reply is out */
 } item;
 
 typedef struct space_ref {
@@ -100,7 +78,7 @@ typedef struct space_ref {
 struct server {
     server_opts o;
     uv_loop_t loop;
-    uv_tcp_t listener;
+    net_server *net;
     uv_prepare_t prepare;
     uv_signal_t sigs[3];
     uv_timer_t grace;
@@ -112,14 +90,10 @@ struct server {
     store_txn rtxn;
     bool rtxn_active;
     item *batch_head, *batch_tail;
-    conn *conns;
-    size_t nconns;
-    conn *dirty;
     bool stopping;
     bool grace_expired;
     int lock_fd;
     uint64_t start_ms;
-    unsigned long long stat_cmds, stat_conns, stat_rejected;
 };
 
 static uint64_t now_ms(void)
@@ -157,54 +131,22 @@ static void space_remove(server *s, uint32_t id)
         }
 }
 
-/* ---- connections ---------------------------------------------------------- */
+/* ---- commit items ------------------------------------------------------------ */
 
-static void conn_mark_dirty(conn *c)
-{
-    if (c->dirty) return;
-    c->dirty = true;
-    c->next_dirty = c->srv->dirty;
-    c->srv->dirty = c;
-}
+static int exec_item_fn(store_txn *t, commit_item *ci);
 
-static void conn_maybe_free(conn *c)
-{
-    if (!c->handle_closed || c->pending || c->dirty || c->writing) return;
-    buf_free(&c->in);
-    buf_free(&c->out);
-    buf_free(&c->wbuf);
-    resp_parser_free(&c->parser);
-    free(c);
-}
-
-static void on_conn_closed(uv_handle_t *h)
-{
-    conn *c = h->data;
-    c->handle_closed = true;
-    conn_maybe_free(c);
-}
-
-static void conn_close(conn *c)
-{
-    if (c->closing) return;
-    c->closing = true;
-    server *s = c->srv;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
-    s->nconns--;
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
-}
-
-static item *item_new(conn *c)
+/* Queues an item for this loop turn's group commit; its reply is deferred. */
+static item *item_submit(server *s, net_conn *c)
 {
     item *it = calloc(1, sizeof *it);
     if (!it) abort();
-    it->c = c;
+    it->reply = net_reply_defer(c);
+    it->base.exec = exec_item_fn;
     buf_init(&it->base.reply);
     buf_init(&it->blob);
+    if (s->batch_tail) s->batch_tail->base.next = &it->base;
+    else s->batch_head = it;
+    s->batch_tail = it;
     return it;
 }
 
@@ -216,28 +158,47 @@ static void item_free(item *it)
     free(it);
 }
 
-static void batch_add(server *s, item *it)
+static void reply_ioerr(buf *out, int rc)
 {
-    it->base.next = NULL;
-    if (s->batch_tail)
-        s->batch_tail->base.next = &it->base;
-    else
-        s->batch_head = it;
-    s->batch_tail = it;
-    it->c->pending++;
+    resp_add_errorf(out, "IOERR storage error: %s", mdb_strerror(rc));
 }
 
-/* Where the next reply of c goes: straight to its output when nothing is in
- * flight, else into a reply-only item that keeps its place in line. */
-static buf *reply_buf(conn *c)
+static int exec_item_fn(store_txn *t, commit_item *ci)
 {
-    if (c->pending == 0) {
-        conn_mark_dirty(c);
-        return &c->out;
+    item *it = (item *)ci;
+    int rc = 0;
+    if (it->drop_space && (rc = store_drop_space(t, it->drop_space))) return rc;
+    if (it->blob.len && (rc = store_meta_put(t, "cmap", it->blob.data, it->blob.len))) return rc;
+    if (it->op) rc = kv_exec(t, it->op, &it->base.reply);
+    return rc;
+}
+
+static void rtxn_release(server *s);
+
+static void on_items_done(void *arg, commit_item *list)
+{
+    server *s = arg;
+    /* New commits are visible only to transactions begun after them. */
+    rtxn_release(s);
+    while (list) {
+        item *it = (item *)list;
+        list = list->next;
+        buf *out = net_reply_buf(it->reply);
+        if (it->base.status) reply_ioerr(out, it->base.status);
+        else buf_append(out, it->base.reply.data, it->base.reply.len);
+        net_reply_done(it->reply);
+        item_free(it);
     }
-    item *it = item_new(c);
-    batch_add(c->srv, it);
-    return &it->base.reply;
+}
+
+/* Queues a persisted change: the map as it is now (and a space's data to
+ * delete); the reply is sent once it committed. */
+static void submit_map_change(server *s, net_conn *c, uint32_t drop_space)
+{
+    item *it = item_submit(s, c);
+    it->drop_space = drop_space;
+    cmap_encode(s->map, &it->blob);
+    resp_add_simple(&it->base.reply, "OK");
 }
 
 /* ---- reads and the read transaction ---------------------------------------- */
@@ -261,58 +222,6 @@ static void rtxn_release(server *s)
     }
 }
 
-static void reply_ioerr(buf *out, int rc)
-{
-    resp_add_errorf(out, "IOERR storage error: %s", mdb_strerror(rc));
-}
-
-/* ---- commit items ------------------------------------------------------------ */
-
-static int exec_item(store_txn *t, commit_item *ci)
-{
-    item *it = (item *)ci;
-    int rc = 0;
-    if (it->drop_space && (rc = store_drop_space(t, it->drop_space))) return rc;
-    if (it->blob.len && (rc = store_meta_put(t, "cmap", it->blob.data, it->blob.len))) return rc;
-    if (it->op) rc = kv_exec(t, it->op, &it->base.reply);
-    return rc;
-}
-
-static void on_items_done(void *arg, commit_item *list)
-{
-    server *s = arg;
-    /* New commits are visible only to transactions begun after them. */
-    rtxn_release(s);
-    while (list) {
-        item *it = (item *)list;
-        list = list->next;
-        conn *c = it->c;
-        if (!c->closing) {
-            if (it->base.status)
-                reply_ioerr(&c->out, it->base.status);
-            else
-                buf_append(&c->out, it->base.reply.data, it->base.reply.len);
-            if (it->close_after) c->close_after_flush = true;
-            conn_mark_dirty(c);
-        }
-        c->pending--;
-        item_free(it);
-        conn_maybe_free(c);
-    }
-}
-
-/* Queues a persisted change: the map as it is now (and a space's data to
- * delete); the reply is sent once it committed. */
-static void submit_map_change(conn *c, uint32_t drop_space, const char *reply)
-{
-    item *it = item_new(c);
-    it->base.exec = exec_item;
-    it->drop_space = drop_space;
-    cmap_encode(c->srv->map, &it->blob);
-    resp_add_simple(&it->base.reply, reply);
-    batch_add(c->srv, it);
-}
-
 /* ---- commands --------------------------------------------------------------- */
 
 static bool is(const char *w, size_t len, const char *name)
@@ -320,55 +229,46 @@ static bool is(const char *w, size_t len, const char *name)
     return strlen(name) == len && strncasecmp(w, name, len) == 0;
 }
 
-static void reply_wrong_args(conn *c, const char *name)
+static void cmd_data(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    resp_add_errorf(reply_buf(c), "ERR wrong number of arguments for '%s'", name);
-}
-
-static void cmd_data(conn *c, int argc, char **argv, size_t *argvlen)
-{
-    server *s = c->srv;
     int kind = kv_kind_of(argv[0], argvlen[0]);
     if (argc < 2) {
-        resp_add_errorf(reply_buf(c), "ERR wrong number of arguments for '%.*s'", (int)argvlen[0],
-                        argv[0]);
+        resp_add_errorf(net_reply_now(c), "ERR wrong number of arguments for '%.*s'",
+                        (int)argvlen[0], argv[0]);
         return;
     }
     const cmap_space *cs = cmap_space_find(s->map, argv[1], argvlen[1]);
     if (!cs) {
-        kv_reply_nospace(reply_buf(c), argv[1], argvlen[1]);
+        kv_reply_nospace(net_reply_now(c), argv[1], argvlen[1]);
         return;
     }
-    kv_space *sp = space_get(s, cs->id);
     kv_op *op;
     buf err;
     buf_init(&err);
-    if (kv_parse(cs, sp, argc, argv, argvlen, s->o.max_key, &op, &err)) {
-        buf_append(reply_buf(c), err.data, err.len);
+    if (kv_parse(cs, space_get(s, cs->id), argc, argv, argvlen, s->o.max_key, &op, &err)) {
+        buf_append(net_reply_now(c), err.data, err.len);
         buf_free(&err);
         return;
     }
     buf_free(&err);
-    if (!kv_is_write(kind) && c->pending == 0) {
+    /* A read on a connection with writes in flight goes through the storage
+     * thread too, so it sees those writes (replies stay in order either way). */
+    if (!kv_is_write(kind) && !net_conn_busy(c)) {
         store_txn *t;
+        buf *out = net_reply_now(c);
         int rc = rtxn_get(s, &t);
-        if (!rc) rc = kv_exec(t, op, &c->out);
-        if (rc) reply_ioerr(&c->out, rc);
-        conn_mark_dirty(c);
+        if (!rc) rc = kv_exec(t, op, out);
+        if (rc) reply_ioerr(out, rc);
         kv_op_free(op);
         return;
     }
     kv_op_detach(op);
-    item *it = item_new(c);
-    it->base.exec = exec_item;
-    it->op = op;
-    batch_add(s, it);
+    item_submit(s, c)->op = op;
 }
 
 /* SPACE.ADD takes the description as one argument or as several words. */
-static void cmd_space_add(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_space_add(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    server *s = c->srv;
     buf text, cmd;
     buf_init(&text);
     buf_init(&cmd);
@@ -379,22 +279,21 @@ static void cmd_space_add(conn *c, int argc, char **argv, size_t *argvlen)
     cmap_cmd_add_space(&cmd, text.data ? text.data : "", text.len);
     cmap_result res;
     if (cmap_apply(s->map, cmd.data, cmd.len, &res)) {
-        resp_add_error(reply_buf(c), res.msg);
+        resp_add_error(net_reply_now(c), res.msg);
     } else {
         const cmap_space *cs = cmap_space_by_id(s->map, (uint32_t)res.id);
         space_add(s, cs->id, cs->schema);
         log_notice("event=space_added space=%s id=%u partitions=%u tolerate=%u", cs->schema->name,
                    cs->id, cs->schema->partitions, cs->schema->tolerate);
-        submit_map_change(c, 0, "OK");
+        submit_map_change(s, c, 0);
     }
     buf_free(&text);
     buf_free(&cmd);
 }
 
-static void cmd_space_drop(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_space_drop(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
     (void)argc;
-    server *s = c->srv;
     const cmap_space *cs = cmap_space_find(s->map, argv[1], argvlen[1]);
     uint32_t id = cs ? cs->id : 0;
     buf cmd;
@@ -402,30 +301,29 @@ static void cmd_space_drop(conn *c, int argc, char **argv, size_t *argvlen)
     cmap_cmd_drop_space(&cmd, argv[1], argvlen[1]);
     cmap_result res;
     if (cmap_apply(s->map, cmd.data, cmd.len, &res)) {
-        resp_add_error(reply_buf(c), res.msg);
+        resp_add_error(net_reply_now(c), res.msg);
     } else {
         space_remove(s, id);
         log_notice("event=space_dropped space=%.*s id=%u", (int)argvlen[1], argv[1], id);
-        submit_map_change(c, id, "OK");
+        submit_map_change(s, c, id);
     }
     buf_free(&cmd);
 }
 
-static void cmd_space_list(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_space_list(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
     (void)argc, (void)argv, (void)argvlen;
-    cmap *m = c->srv->map;
-    buf *out = reply_buf(c);
-    resp_add_array(out, m->nspaces);
-    for (uint32_t i = 0; i < m->nspaces; i++)
-        resp_add_bulk_str(out, m->spaces[i].schema->name);
+    buf *out = net_reply_now(c);
+    resp_add_array(out, s->map->nspaces);
+    for (uint32_t i = 0; i < s->map->nspaces; i++)
+        resp_add_bulk_str(out, s->map->spaces[i].schema->name);
 }
 
-static void cmd_space_describe(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_space_describe(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
     (void)argc;
-    const cmap_space *cs = cmap_space_find(c->srv->map, argv[1], argvlen[1]);
-    buf *out = reply_buf(c);
+    const cmap_space *cs = cmap_space_find(s->map, argv[1], argvlen[1]);
+    buf *out = net_reply_now(c);
     if (!cs) {
         kv_reply_nospace(out, argv[1], argvlen[1]);
         return;
@@ -437,12 +335,11 @@ static void cmd_space_describe(conn *c, int argc, char **argv, size_t *argvlen)
     buf_free(&text);
 }
 
-static void cmd_config(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_config(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    server *s = c->srv;
     char name[64];
     if (argvlen[2] >= sizeof name) {
-        resp_add_errorf(reply_buf(c), "ERR unknown setting '%.32s'", argv[2]);
+        resp_add_errorf(net_reply_now(c), "ERR unknown setting '%.32s'", argv[2]);
         return;
     }
     memcpy(name, argv[2], argvlen[2]);
@@ -450,11 +347,9 @@ static void cmd_config(conn *c, int argc, char **argv, size_t *argvlen)
     if (is(argv[1], argvlen[1], "GET") && argc == 3) {
         buf v;
         buf_init(&v);
-        buf *out = reply_buf(c);
-        if (cmap_config_get(s->map, name, &v))
-            resp_add_errorf(out, "ERR unknown setting '%s'", name);
-        else
-            resp_add_bulk(out, v.data, v.len);
+        buf *out = net_reply_now(c);
+        if (cmap_config_get(s->map, name, &v)) resp_add_errorf(out, "ERR unknown setting '%s'", name);
+        else resp_add_bulk(out, v.data, v.len);
         buf_free(&v);
     } else if (is(argv[1], argvlen[1], "SET") && argc == 4) {
         char value[64];
@@ -466,51 +361,43 @@ static void cmd_config(conn *c, int argc, char **argv, size_t *argvlen)
         cmap_cmd_set_config(&cmd, name, value);
         cmap_result res;
         if (cmap_apply(s->map, cmd.data, cmd.len, &res)) {
-            resp_add_error(reply_buf(c), res.msg);
+            resp_add_error(net_reply_now(c), res.msg);
         } else {
             log_notice("event=config_changed %s=%s", name, value);
-            submit_map_change(c, 0, "OK");
+            submit_map_change(s, c, 0);
         }
         buf_free(&cmd);
     } else {
-        resp_add_error(reply_buf(c), "ERR usage: CLUSTER.CONFIG GET name | SET name value");
+        resp_add_error(net_reply_now(c), "ERR usage: CLUSTER.CONFIG GET name | SET name value");
     }
 }
 
-static void cmd_ping(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_ping(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    if (argc == 1)
-        resp_add_simple(reply_buf(c), "PONG");
-    else
-        resp_add_bulk(reply_buf(c), argv[1], argvlen[1]);
+    (void)s;
+    if (argc == 1) resp_add_simple(net_reply_now(c), "PONG");
+    else resp_add_bulk(net_reply_now(c), argv[1], argvlen[1]);
 }
 
-static void cmd_echo(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_echo(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    (void)argc;
-    resp_add_bulk(reply_buf(c), argv[1], argvlen[1]);
+    (void)s, (void)argc;
+    resp_add_bulk(net_reply_now(c), argv[1], argvlen[1]);
 }
 
-static void cmd_quit(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_quit(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    (void)argc, (void)argv, (void)argvlen;
-    if (c->pending == 0) {
-        resp_add_simple(&c->out, "OK");
-        c->close_after_flush = true;
-        conn_mark_dirty(c);
-        return;
-    }
-    item *it = item_new(c);
-    resp_add_simple(&it->base.reply, "OK");
-    it->close_after = true;
-    batch_add(c->srv, it);
+    (void)s, (void)argc, (void)argv, (void)argvlen;
+    resp_add_simple(net_reply_now(c), "OK");
+    net_conn_close_after_replies(c);
 }
 
-static void cmd_info(conn *c, int argc, char **argv, size_t *argvlen)
+static void cmd_info(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    server *s = c->srv;
     const char *want = argc > 1 ? argv[1] : NULL;
     size_t wlen = argc > 1 ? argvlen[1] : 0;
+    net_stats ns;
+    net_server_stats_get(s->net, &ns);
     buf t;
     buf_init(&t);
 #define SECTION(name) (!want || is(want, wlen, name) || is(want, wlen, "all"))
@@ -527,19 +414,19 @@ static void cmd_info(conn *c, int argc, char **argv, size_t *argvlen)
         buf_printf(&t,
                    "# Clients\r\nconnected_clients:%zu\r\nmax_connections:%zu\r\n"
                    "rejected_connections:%llu\r\n\r\n",
-                   s->nconns, s->o.max_conns, s->stat_rejected);
+                   ns.connected, s->o.max_conns, ns.rejected);
     }
     if (SECTION("stats")) {
         buf_printf(&t,
-                   "# Stats\r\ntotal_connections_received:%llu\r\ntotal_commands_processed:%llu\r\n"
-                   "group_commits:%llu\r\n\r\n",
-                   s->stat_conns, s->stat_cmds, commit_groups(s->cm));
+                   "# Stats\r\ntotal_connections_received:%llu\r\n"
+                   "total_commands_processed:%llu\r\ngroup_commits:%llu\r\n\r\n",
+                   ns.accepted, ns.commands, commit_groups(s->cm));
     }
     if (SECTION("storage")) {
-        buf_printf(
-            &t, "# Storage\r\ndata_dir:%s\r\nsync:%s\r\nmap_size:%zu\r\nmap_version:%llu\r\n\r\n",
-            s->o.dir, store_sync_name(s->o.sync_policy), s->o.map_size,
-            (unsigned long long)s->map->version);
+        buf_printf(&t,
+                   "# Storage\r\ndata_dir:%s\r\nsync:%s\r\nmap_size:%zu\r\nmap_version:%llu\r\n\r\n",
+                   s->o.dir, store_sync_name(s->o.sync_policy), s->o.map_size,
+                   (unsigned long long)s->map->version);
     }
     if (SECTION("limits")) {
         buf_printf(&t,
@@ -561,205 +448,47 @@ static void cmd_info(conn *c, int argc, char **argv, size_t *argvlen)
         buf_puts(&t, "\r\n");
     }
 #undef SECTION
-    resp_add_bulk(reply_buf(c), t.data, t.len);
+    resp_add_bulk(net_reply_now(c), t.data, t.len);
     buf_free(&t);
 }
 
-typedef void (*cmd_fn)(conn *c, int argc, char **argv, size_t *argvlen);
+typedef void (*cmd_fn)(server *s, net_conn *c, int argc, char **argv, size_t *argvlen);
 static const struct command {
     const char *name;
     int min_args, max_args; /* counting the name; max -1: any */
     cmd_fn fn;
 } commands[] = {
-    {"SPACE.ADD", 2, -1, cmd_space_add},
-    {"SPACE.DROP", 2, 2, cmd_space_drop},
-    {"SPACE.LIST", 1, 1, cmd_space_list},
-    {"SPACE.DESCRIBE", 2, 2, cmd_space_describe},
-    {"CLUSTER.CONFIG", 3, 4, cmd_config},
-    {"PING", 1, 2, cmd_ping},
-    {"ECHO", 2, 2, cmd_echo},
-    {"INFO", 1, 2, cmd_info},
+    {"SPACE.ADD", 2, -1, cmd_space_add},  {"SPACE.DROP", 2, 2, cmd_space_drop},
+    {"SPACE.LIST", 1, 1, cmd_space_list}, {"SPACE.DESCRIBE", 2, 2, cmd_space_describe},
+    {"CLUSTER.CONFIG", 3, 4, cmd_config}, {"PING", 1, 2, cmd_ping},
+    {"ECHO", 2, 2, cmd_echo},             {"INFO", 1, 2, cmd_info},
     {"QUIT", 1, 1, cmd_quit},
 };
 
-static void dispatch(conn *c, int argc, char **argv, size_t *argvlen)
+static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
-    c->srv->stat_cmds++;
+    server *s = arg;
     if (kv_kind_of(argv[0], argvlen[0])) {
-        cmd_data(c, argc, argv, argvlen);
+        cmd_data(s, c, argc, argv, argvlen);
         return;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         const struct command *k = &commands[i];
         if (!is(argv[0], argvlen[0], k->name)) continue;
         if (argc < k->min_args || (k->max_args >= 0 && argc > k->max_args)) {
-            reply_wrong_args(c, k->name);
+            resp_add_errorf(net_reply_now(c), "ERR wrong number of arguments for '%s'", k->name);
             return;
         }
-        k->fn(c, argc, argv, argvlen);
+        k->fn(s, c, argc, argv, argvlen);
         return;
     }
-    resp_add_errorf(reply_buf(c), "ERR unknown command '%.*s'",
+    resp_add_errorf(net_reply_now(c), "ERR unknown command '%.*s'",
                     (int)(argvlen[0] > 32 ? 32 : argvlen[0]), argv[0]);
-}
-
-/* ---- I/O ------------------------------------------------------------------ */
-
-static void conn_process(conn *c)
-{
-    while (!c->close_after_flush && !c->closing) {
-        resp_request req;
-        int rc = resp_parse(&c->parser, c->in.data, c->in.len, &req);
-        if (rc == RESP_MORE) break;
-        if (rc == RESP_ERROR) {
-            log_info("closing a client connection: %s", c->parser.err);
-            resp_add_error(reply_buf(c), c->parser.err);
-            if (c->pending)
-                ((item *)c->srv->batch_tail)->close_after = true;
-            else
-                c->close_after_flush = true;
-            break;
-        }
-        dispatch(c, (int)req.argc, req.argv, req.argvlen);
-    }
-    size_t n = resp_parser_consumed(&c->parser);
-    if (n) {
-        buf_consume(&c->in, n);
-        resp_parser_shift(&c->parser, n);
-    }
-    if (c->in.len == 0 && c->in.cap > 4 * READ_CHUNK) buf_free(&c->in);
-    if (c->close_after_flush && c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
-    }
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    (void)suggested;
-    conn *c = h->data;
-    buf_reserve(&c->in, READ_CHUNK);
-    *b = uv_buf_init(c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
-}
-
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
-{
-    (void)b;
-    conn *c = st->data;
-    if (nread < 0) {
-        conn_close(c);
-        return;
-    }
-    c->in.len += (size_t)nread;
-    conn_process(c);
-}
-
-static void on_written(uv_write_t *req, int status)
-{
-    conn *c = req->data;
-    c->writing = false;
-    buf_reset(&c->wbuf);
-    if (status < 0)
-        conn_close(c);
-    else
-        conn_mark_dirty(c);
-    conn_maybe_free(c);
-}
-
-static void conn_flush(conn *c)
-{
-    if (c->closing) return;
-    if (!c->writing && c->out.len) {
-        uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (n == UV_EAGAIN) n = 0;
-        if (n < 0) {
-            conn_close(c);
-            return;
-        }
-        buf_consume(&c->out, (size_t)n);
-        if (c->out.len) {
-            buf t = c->wbuf;
-            c->wbuf = c->out;
-            c->out = t;
-            buf_reset(&c->out);
-            b = uv_buf_init(c->wbuf.data, (unsigned)c->wbuf.len);
-            c->wreq.data = c;
-            if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written)) {
-                conn_close(c);
-                return;
-            }
-            c->writing = true;
-        }
-    }
-    size_t queued = c->out.len + c->wbuf.len;
-    if (!c->throttled && queued > OUT_HIGH_WATER && c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
-        c->throttled = true;
-    } else if (c->throttled && queued < OUT_HIGH_WATER / 2) {
-        c->throttled = false;
-        if (!c->close_after_flush && !c->srv->stopping &&
-            uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
-            c->reading = true;
-    }
-    if (c->close_after_flush && !c->writing && !c->out.len && !c->pending) conn_close(c);
-}
-
-static void on_connection(uv_stream_t *l, int status)
-{
-    server *s = l->data;
-    if (status < 0) {
-        log_warn("accept failed: %s", uv_strerror(status));
-        return;
-    }
-    conn *c = calloc(1, sizeof *c);
-    if (!c) abort();
-    c->srv = s;
-    uv_tcp_init(&s->loop, &c->tcp);
-    c->tcp.data = c;
-    if (uv_accept(l, (uv_stream_t *)&c->tcp)) {
-        c->handle_closed = false;
-        c->closing = true;
-        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
-        return;
-    }
-    c->next = s->conns;
-    if (s->conns) s->conns->prev = c;
-    s->conns = c;
-    s->nconns++;
-    s->stat_conns++;
-    resp_limits lim = {s->o.max_request, s->o.max_args, s->o.max_bulk};
-    resp_parser_init(&c->parser, &lim);
-    if (s->nconns > s->o.max_conns || s->stopping) {
-        s->stat_rejected++;
-        resp_add_errorf(&c->out, "ERR max_connections (%zu) reached", s->o.max_conns);
-        if (s->stopping) {
-            buf_reset(&c->out);
-            resp_add_error(&c->out, "ERR server is shutting down");
-        }
-        c->close_after_flush = true;
-        conn_mark_dirty(c);
-        return;
-    }
-    uv_tcp_nodelay(&c->tcp, 1);
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
-        c->reading = true;
-    else
-        conn_close(c);
 }
 
 /* ---- the loop turn ---------------------------------------------------------- */
 
 static void finish_shutdown(server *s);
-
-static bool shutdown_ready(server *s)
-{
-    if (s->grace_expired) return true;
-    for (conn *c = s->conns; c; c = c->next)
-        if (c->pending || c->writing || c->out.len) return false;
-    return true;
-}
 
 static void on_prepare(uv_prepare_t *h)
 {
@@ -768,16 +497,9 @@ static void on_prepare(uv_prepare_t *h)
         commit_submit(s->cm, &s->batch_head->base, &s->batch_tail->base);
         s->batch_head = s->batch_tail = NULL;
     }
-    while (s->dirty) {
-        conn *c = s->dirty;
-        s->dirty = c->next_dirty;
-        c->dirty = false;
-        conn_flush(c);
-        conn_maybe_free(c);
-    }
     /* Readers must not pin old pages across turns (and must see new commits). */
     rtxn_release(s);
-    if (s->stopping && shutdown_ready(s)) finish_shutdown(s);
+    if (s->stopping && (s->grace_expired || net_server_idle(s->net))) finish_shutdown(s);
 }
 
 static void on_grace(uv_timer_t *t)
@@ -794,26 +516,20 @@ static void begin_shutdown(server *s, int signum)
     s->stopping = true;
     log_notice("event=shutdown_requested signal=%s: finishing in-flight requests",
                strsignal(signum));
-    uv_close((uv_handle_t *)&s->listener, NULL);
-    for (conn *c = s->conns; c; c = c->next)
-        if (c->reading) {
-            uv_read_stop((uv_stream_t *)&c->tcp);
-            c->reading = false;
-        }
+    net_server_quiesce(s->net);
     uv_timer_start(&s->grace, on_grace, SHUTDOWN_GRACE_MS, 0);
 }
 
 static void finish_shutdown(server *s)
 {
-    while (s->conns)
-        conn_close(s->conns);
-    commit_stop(s->cm); /* delivers the last completions, syncs */
+    net_server_close(s->net);
+    s->net = NULL;
+    commit_stop(s->cm); /* delivers the last completions (dropped), syncs */
     s->cm = NULL;
     uv_prepare_stop(&s->prepare);
     uv_close((uv_handle_t *)&s->prepare, NULL);
     uv_close((uv_handle_t *)&s->grace, NULL);
-    for (int i = 0; i < 3; i++)
-        uv_close((uv_handle_t *)&s->sigs[i], NULL);
+    for (int i = 0; i < 3; i++) uv_close((uv_handle_t *)&s->sigs[i], NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -908,26 +624,6 @@ err_storage:
     return -1;
 }
 
-static int start_listening(server *s, char *err, size_t errlen)
-{
-    struct sockaddr_storage addr;
-    if (uv_ip4_addr(s->o.host, s->o.port, (struct sockaddr_in *)&addr) &&
-        uv_ip6_addr(s->o.host, s->o.port, (struct sockaddr_in6 *)&addr)) {
-        snprintf(err, errlen, "invalid listen address '%s' (give an IPv4 or IPv6 address)",
-                 s->o.host);
-        return -1;
-    }
-    uv_tcp_init(&s->loop, &s->listener);
-    s->listener.data = s;
-    int rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
-    if (!rc) rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
-    if (rc) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", s->o.host, s->o.port, uv_strerror(rc));
-        return -1;
-    }
-    return 0;
-}
-
 static void write_pid_file(const server *s)
 {
     char path[4096];
@@ -961,6 +657,14 @@ static int server_run(const server_opts *o, int ready_fd)
 
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&s->loop);
+    /* Listen first: a taken port must not leave a fresh data directory behind. */
+    net_config nc = {.host = o->host,
+                     .port = o->port,
+                     .limits = {o->max_request, o->max_args, o->max_bulk},
+                     .max_conns = o->max_conns,
+                     .dispatch = dispatch,
+                     .arg = s};
+    if (net_server_start(&s->net, &s->loop, &nc, err, sizeof err)) goto err_after_loop;
     if (mkdir(o->dir, 0755) != 0 && errno != EEXIST) {
         snprintf(err, sizeof err, "cannot create data directory %s: %s", o->dir, strerror(errno));
         goto err_after_loop;
@@ -975,7 +679,6 @@ static int server_run(const server_opts *o, int ready_fd)
         goto err_after_map;
     }
     store_txn_reset(&s->rtxn);
-    if (start_listening(s, err, sizeof err)) goto err_after_rtxn;
     if (commit_start(&s->cm, s->st, &s->loop, on_items_done, s)) {
         snprintf(err, sizeof err, "cannot start the storage thread");
         goto err_after_rtxn;
@@ -1022,6 +725,7 @@ err_after_store:
 err_after_lock:
     if (s->lock_fd >= 0) close(s->lock_fd);
 err_after_loop:
+    if (s->net && status) net_server_close(s->net);
     uv_walk(&s->loop, close_walk, NULL);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);

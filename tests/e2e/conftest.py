@@ -9,9 +9,10 @@ A server that died on its own during the test, exited non-zero at teardown,
 or printed a sanitizer report fails the test. Every server log is kept in
 the tmp dir and attached to the report of a failed test.
 
-`raw` is a factory: raw(server) opens a RawConn, a plain socket with helpers
-to send bytes and read exactly one RESP reply, for byte-level tests; every
-RawConn is closed at teardown.
+`raw` is a fixture giving a factory: raw(server) opens a RawConn, a plain
+socket with helpers to send bytes and read exactly one RESP reply, for
+byte-level tests; every RawConn is closed at teardown. raw_connect(server)
+does the same outside a fixture (the caller closes it).
 
 Every wait here is bounded: process waits, socket reads (RAW_TIMEOUT) and
 start-up polling all have deadlines.
@@ -305,27 +306,6 @@ def server(request, tmp_path):
                     pytrace=False)
 
 
-@pytest.fixture
-def server_factory(request, tmp_path):
-    """Makes KeelServer objects that are not started yet (each with its own
-    sub-directory); all of them are torn down like `server`."""
-    made = []
-
-    def make(name="extra", extra_args=None):
-        d = tmp_path / name
-        d.mkdir()
-        srv = _make_server(request, d, extra_args)
-        made.append(srv)
-        return srv
-
-    yield make
-    problems = []
-    for srv in made:
-        problems += srv.teardown()
-    if problems:
-        pytest.fail("keel server: " + "; ".join(problems), pytrace=False)
-
-
 # -- raw RESP connections ----------------------------------------------------
 
 class Err(str):
@@ -484,13 +464,19 @@ class RawConn:
             pass
 
 
+def raw_connect(srv, timeout=RAW_TIMEOUT):
+    """A RawConn to srv that the caller closes (the `raw` fixture closes
+    its own at teardown)."""
+    return RawConn(srv.host, srv.port, timeout)
+
+
 @pytest.fixture
 def raw():
     """raw(server) -> RawConn; all are closed at teardown."""
     conns = []
 
     def connect(srv, timeout=RAW_TIMEOUT):
-        c = RawConn(srv.host, srv.port, timeout)
+        c = raw_connect(srv, timeout)
         conns.append(c)
         return c
 

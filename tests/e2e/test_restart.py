@@ -230,23 +230,29 @@ def test_second_server_on_same_port_fails(server, raw, tmp_path):
 
 
 def test_startup_errors(tmp_path):
+    """Start-up failures exit 1 with a message; command-line usage errors
+    exit 2 with a message (the CLI's convention too). Neither serves."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     port = str(free_port())
     d = str(tmp_path / "d")
-    for args in [
-        ["standalone", "-f", "-p", port, "-D", str(blocker / "data")],  # unusable data dir
-        ["standalone", "-f", "-p", port, "-D", str(blocker)],
-        ["standalone", "-f", "-p", port, "-D", d, "--no-such-flag"],
-        ["standalone", "-f", "-p", "notaport", "-D", d],
-        ["standalone", "-f", "-p", "70000", "-D", d],
-        ["standalone", "-f", "-p", port, "-D", d, "--sync", "sometimes"],
-        ["standalone", "-f", "-p", port, "-D", d, "--max-connections", "zero"],
-        ["standalone", "-f", "-p", port, "-D", d, "-l", "not-an-address"],
-    ]:
+    cases = [
+        (1, ["standalone", "-f", "-p", port, "-D", str(blocker / "data")]),  # unusable data dir
+        (1, ["standalone", "-f", "-p", port, "-D", str(blocker)]),
+        (1, ["standalone", "-f", "-p", port, "-D", d, "-l", "not-an-address"]),
+        (2, ["standalone", "-f", "-p", port, "-D", d, "--no-such-flag"]),
+        (2, ["standalone", "-f", "-p", "notaport", "-D", d]),
+        (2, ["standalone", "-f", "-p", "70000", "-D", d]),
+        (2, ["standalone", "-f", "-p", port, "-D", d, "--sync", "sometimes"]),
+        (2, ["standalone", "-f", "-p", port, "-D", d, "--max-connections", "zero"]),
+    ]
+    for status, args in cases:
         r = run_keel(args)
-        assert_startup_error(r)
+        assert r.returncode == status, (args, r.returncode, r.stderr)
+        assert r.stderr.strip(), "no message on stderr"
         assert not ping_once(HOST, int(port), timeout=0.2)
+    # A port already taken must not leave a new data directory behind.
+    assert not (tmp_path / "d").exists()
 
 
 def test_restart_on_same_port_right_away(server, raw):

@@ -132,8 +132,8 @@ static void mkvals(obj_value *v, const char *s, int64_t i, double d, const char 
 }
 
 /* Encodes newv and stores it under key; returns store_obj_put's result. */
-static int put_rc(fx *f, store_txn *t, uint32_t space, uint32_t part, const char *key,
-                  size_t klen, const obj_value *oldv, const obj_value *newv)
+static int put_rc(fx *f, store_txn *t, uint32_t space, uint32_t part, const char *key, size_t klen,
+                  const obj_value *oldv, const obj_value *newv)
 {
     buf enc;
     buf_init(&enc);
@@ -168,8 +168,7 @@ static void expect_absent(store_txn *t, uint32_t space, uint32_t part, const cha
 {
     const void *val = NULL;
     size_t vlen = 0;
-    assert_int_equal(store_obj_get(t, space, part, key, strlen(key), &val, &vlen),
-                     MDB_NOTFOUND);
+    assert_int_equal(store_obj_get(t, space, part, key, strlen(key), &val, &vlen), MDB_NOTFOUND);
 }
 
 /* ---- scan collectors ---------------------------------------------------- */
@@ -399,8 +398,8 @@ static void test_index_follows_updates(void **state)
     mkvals(v1, "alice", 10, 1.5, "u1");
     begin(f, true, &t);
     put(f, &t, 1, 0, "k", NULL, v1);
-    obj_value s_alice = sv("alice"), s_bob = sv("bob"), i10 = iv(10), i20 = iv(20),
-              f15 = fv(1.5), f25 = fv(-2.5);
+    obj_value s_alice = sv("alice"), s_bob = sv("bob"), i10 = iv(10), i20 = iv(20), f15 = fv(1.5),
+              f25 = fv(-2.5);
     expect_iscan(&t, 1, 0, A_S, SPACE_STRING, &s_alice, &s_alice, "k,");
     expect_iscan(&t, 1, 0, A_I, SPACE_INT, &i10, &i10, "k,");
     expect_iscan(&t, 1, 0, A_F, SPACE_FLOAT, &f15, &f15, "k,");
@@ -494,8 +493,8 @@ static void test_int_ranges(void **state)
     static const struct {
         const char *key;
         int64_t v;
-    } rows[] = {{"min", INT64_MIN}, {"m100", -100}, {"m5", -5},   {"m1", -1},
-                {"z0", 0},          {"p1", 1},      {"p5", 5},    {"p100", 100},
+    } rows[] = {{"min", INT64_MIN}, {"m100", -100}, {"m5", -5}, {"m1", -1},
+                {"z0", 0},          {"p1", 1},      {"p5", 5},  {"p100", 100},
                 {"max", INT64_MAX}, {"p5b", 5},     {"m5b", -5}};
     begin(f, true, &t);
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
@@ -508,8 +507,7 @@ static void test_int_ranges(void **state)
     begin(f, false, &t);
     obj_value m5 = iv(-5), p5 = iv(5), m1 = iv(-1), z = iv(0), lo = iv(INT64_MIN),
               hi = iv(INT64_MAX), m6 = iv(-6), p6 = iv(6), big = iv(1000);
-    expect_iscan(&t, 3, 1, A_I, SPACE_INT, NULL, NULL,
-                 "min,m100,m5,m5b,m1,z0,p1,p5,p5b,p100,max,");
+    expect_iscan(&t, 3, 1, A_I, SPACE_INT, NULL, NULL, "min,m100,m5,m5b,m1,z0,p1,p5,p5b,p100,max,");
     expect_iscan(&t, 3, 1, A_I, SPACE_INT, &m5, &p5, "m5,m5b,m1,z0,p1,p5,p5b,");
     expect_iscan(&t, 3, 1, A_I, SPACE_INT, &m6, &p6, "m5,m5b,m1,z0,p1,p5,p5b,");
     expect_iscan(&t, 3, 1, A_I, SPACE_INT, &m1, &m1, "m1,");
@@ -533,8 +531,7 @@ static void test_int_ranges(void **state)
     expect_iscan(&t, 4, 1, A_I, SPACE_INT, NULL, NULL, "");
     /* An image wider than any index image is refused. */
     unsigned char wide[65] = {0};
-    assert_int_equal(store_index_scan(&t, 3, 1, A_I, sizeof wide, wide, NULL, key_cb, &c),
-                     EINVAL);
+    assert_int_equal(store_index_scan(&t, 3, 1, A_I, sizeof wide, wide, NULL, key_cb, &c), EINVAL);
     store_txn_abort(&t);
 }
 
@@ -545,9 +542,8 @@ static void test_float_ranges(void **state)
     static const struct {
         const char *key;
         double v;
-    } rows[] = {{"a", -1e300}, {"b", -2.5},  {"c", -5e-324}, {"d", 0.0},
-                {"e", -0.0},   {"f", 5e-324}, {"g", 0.5},    {"h", 3.25},
-                {"i", 1e300}};
+    } rows[] = {{"a", -1e300}, {"b", -2.5}, {"c", -5e-324}, {"d", 0.0},  {"e", -0.0},
+                {"f", 5e-324}, {"g", 0.5},  {"h", 3.25},    {"i", 1e300}};
     begin(f, true, &t);
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
         obj_value v[4];
@@ -583,8 +579,8 @@ static void test_string_ranges(void **state)
     static const struct {
         const char *key;
         const char *v;
-    } rows[] = {{"k1", "a"},  {"k2", "ab"},  {"k3", "abc"}, {"k4", "b"},    {"k5", ""},
-                {"k6", long1}, {"k7", long2}, {"k8", p32},  {"k9", "prefix"}, {"ka", "zz"}};
+    } rows[] = {{"k1", "a"},   {"k2", "ab"},  {"k3", "abc"}, {"k4", "b"},      {"k5", ""},
+                {"k6", long1}, {"k7", long2}, {"k8", p32},   {"k9", "prefix"}, {"ka", "zz"}};
     _Static_assert(sizeof p32 - 1 == OBJ_INDEX_STRING_PREFIX, "32-byte prefix");
     begin(f, true, &t);
     for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
@@ -624,7 +620,8 @@ static void test_scan_one_partition(void **state)
      * space and partition ids whose bytes differ only in the high byte. */
     static const char *const keys[] = {"m", "c", "x", "a", "cc", "b"};
     begin(f, true, &t);
-    for (size_t i = 0; i < 6; i++) put(f, &t, 5, 1, keys[i], NULL, v);
+    for (size_t i = 0; i < 6; i++)
+        put(f, &t, 5, 1, keys[i], NULL, v);
     put(f, &t, 5, 0, "p0", NULL, v);
     put(f, &t, 5, 2, "p2", NULL, v);
     put(f, &t, 5, 0x01000001, "phigh", NULL, v);
@@ -798,7 +795,8 @@ static void test_part_meta(void **state)
     assert_int_equal(m.seq, 0);
     assert_int_equal(m.epoch, 0);
 
-    store_part_meta a = {.seq = 1, .epoch = 2}, b = {.seq = UINT64_MAX, .epoch = 0x0102030405060708};
+    store_part_meta a = {.seq = 1, .epoch = 2},
+                    b = {.seq = UINT64_MAX, .epoch = 0x0102030405060708};
     assert_int_equal(store_part_meta_put(&t, 1, 0, &a), 0);
     assert_int_equal(store_part_meta_put(&t, 1, 1, &b), 0);
     commit(&t);
@@ -828,7 +826,9 @@ static void test_part_meta(void **state)
     assert_int_equal(store_part_meta_get(&t, 0x01010101, 0x01010101, &m), MDB_CORRUPTED);
     /* A 17-byte record with the wrong version byte too. */
     assert_int_equal(store_meta_put(&t, "p/\x01\x01\x01\x01\x01\x01\x01\x01",
-                                    "\x02" "0123456789abcdef", 17),
+                                    "\x02"
+                                    "0123456789abcdef",
+                                    17),
                      0);
     assert_int_equal(store_part_meta_get(&t, 0x01010101, 0x01010101, &m), MDB_CORRUPTED);
     /* And the real layout is read back (u8 1, seq u64be, epoch u64be). */
@@ -869,8 +869,7 @@ static void test_key_size_limit(void **state)
     buf_free(&c.out);
     /* One more byte is refused everywhere. */
     assert_int_equal(put_rc(f, &t, 1, 0, key, STORE_MAX_KEY + 1, NULL, v), MDB_BAD_VALSIZE);
-    assert_int_equal(store_obj_get(&t, 1, 0, key, STORE_MAX_KEY + 1, &val, &vlen),
-                     MDB_BAD_VALSIZE);
+    assert_int_equal(store_obj_get(&t, 1, 0, key, STORE_MAX_KEY + 1, &val, &vlen), MDB_BAD_VALSIZE);
     assert_int_equal(store_obj_del(&t, f->sc, 1, 0, key, STORE_MAX_KEY + 1, v), MDB_BAD_VALSIZE);
     store_txn_abort(&t);
 
