@@ -143,9 +143,9 @@ err_after_alloc:
 void commit_submit(commit *c, commit_item *head, commit_item *tail)
 {
     if (!head) return;
+    tail->next = NULL; /* before the walk: never touch items linked after tail */
     for (commit_item *it = head; it; it = it->next)
         it->status = 0;
-    tail->next = NULL;
     pthread_mutex_lock(&c->mu);
     if (c->in_tail)
         c->in_tail->next = head;

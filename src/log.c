@@ -21,6 +21,7 @@ int log_open_file(const char *path)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) return -1;
+    if (log_fd > 2) close(log_fd);
     log_fd = fd;
     return 0;
 }

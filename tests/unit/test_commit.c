@@ -474,14 +474,8 @@ static void test_completed_survives_process_death(void **state)
 
 /* commit_submit queues head..tail and must not touch items after tail: a
  * caller may hand over part of a longer list, or a tail whose next pointer is
- * stale from an earlier delivery.
- *
- * BUG (src/commit.c, commit_submit): this test fails. commit_submit resets
- * status in a loop that follows next pointers until NULL *before* it sets
- * tail->next = NULL, so it writes status = 0 into every item linked after
- * tail (here: 42 becomes 0). With a stale next pointer that is a write to an
- * item the caller may have freed or resubmitted elsewhere. Fix: set
- * tail->next = NULL before the reset loop (or stop the loop at tail). */
+ * stale from an earlier delivery. (Regression: commit_submit once reset the
+ * status of every item reachable from head before cutting the list at tail.) */
 static void test_submit_touches_only_head_to_tail(void **state)
 {
     fx *f = *state;
