@@ -54,7 +54,7 @@ struct net_server {
     uv_loop_t *loop;
     uv_tcp_t listener;
     uv_prepare_t prepare;
-    uv_idle_t resume;    /* runs buffered requests of unthrottled connections */
+    uv_idle_t resume; /* runs buffered requests of unthrottled connections */
     net_conn *resumers;
     net_conn *conns;
     net_conn *dirty;
@@ -101,8 +101,10 @@ static void conn_close(net_conn *c)
     if (c->closing) return;
     c->closing = true;
     net_server *s = c->srv;
-    if (c->prev) c->prev->next = c->next;
-    else s->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->stats.connected--;
     if (s->cfg.on_close) s->cfg.on_close(s->cfg.arg, c);
@@ -118,8 +120,10 @@ static net_reply *slot_new(net_conn *c, bool done)
     r->c = c;
     r->done = done;
     buf_init(&r->data);
-    if (c->tail) c->tail->next = r;
-    else c->head = r;
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
     c->tail = r;
     if (!done) c->outstanding++;
     return r;
@@ -176,8 +180,10 @@ bool net_conn_busy(const net_conn *c)
 
 void net_conn_close_after_replies(net_conn *c)
 {
-    if (c->tail) c->tail->close_after = true;
-    else c->close_after_flush = true;
+    if (c->tail)
+        c->tail->close_after = true;
+    else
+        c->close_after_flush = true;
     mark_dirty(c);
 }
 
@@ -228,14 +234,17 @@ static void stop_reading(net_conn *c)
 static void start_reading(net_conn *c)
 {
     if (c->reading || c->closing || c->close_after_flush || c->srv->quiesced) return;
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0) c->reading = true;
-    else conn_close(c);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = true;
+    else
+        conn_close(c);
 }
 
 static size_t queued_output(const net_conn *c)
 {
     size_t n = c->out.len + c->wbuf.len;
-    for (const net_reply *r = c->head; r; r = r->next) n += r->data.len;
+    for (const net_reply *r = c->head; r; r = r->next)
+        n += r->data.len;
     return n;
 }
 
@@ -299,8 +308,10 @@ static void on_written(uv_write_t *req, int status)
     net_conn *c = req->data;
     c->writing = false;
     buf_reset(&c->wbuf);
-    if (status < 0) conn_close(c);
-    else mark_dirty(c);
+    if (status < 0)
+        conn_close(c);
+    else
+        mark_dirty(c);
     maybe_free(c);
 }
 
@@ -402,8 +413,10 @@ static void on_connection(uv_stream_t *l, int status)
     s->stats.accepted++;
     if (s->stats.connected > s->cfg.max_conns || s->quiesced) {
         s->stats.rejected++;
-        if (s->quiesced) resp_add_error(&c->out, "ERR server is shutting down");
-        else resp_add_errorf(&c->out, "ERR max_connections (%zu) reached", s->cfg.max_conns);
+        if (s->quiesced)
+            resp_add_error(&c->out, "ERR server is shutting down");
+        else
+            resp_add_errorf(&c->out, "ERR max_connections (%zu) reached", s->cfg.max_conns);
         c->close_after_flush = true;
         mark_dirty(c);
         return;
@@ -440,8 +453,7 @@ int net_server_start(net_server **out, uv_loop_t *loop, const net_config *cfg, c
     int rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
     if (!rc) rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
     if (rc) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, cfg->port,
-                 uv_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, cfg->port, uv_strerror(rc));
         s->open_handles = 1;
         uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
         return -1;
@@ -461,7 +473,8 @@ void net_server_quiesce(net_server *s)
     if (s->quiesced) return;
     s->quiesced = true;
     uv_close((uv_handle_t *)&s->listener, on_server_handle_closed);
-    for (net_conn *c = s->conns; c; c = c->next) stop_reading(c);
+    for (net_conn *c = s->conns; c; c = c->next)
+        stop_reading(c);
 }
 
 bool net_server_idle(const net_server *s)
@@ -484,7 +497,8 @@ void net_server_close(net_server *s)
         s->resumers = c->next_resume;
         c->resuming = false;
     }
-    while (s->conns) conn_close(s->conns);
+    while (s->conns)
+        conn_close(s->conns);
     uv_prepare_stop(&s->prepare);
     uv_close((uv_handle_t *)&s->prepare, on_server_handle_closed);
     uv_idle_stop(&s->resume);
