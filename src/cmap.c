@@ -361,6 +361,7 @@ static int apply_bootstrap(cmap *m, rd *r, cmap_result *res)
     m->settings.single_node = single == 1;
     m->next_space_id = 1;
     m->next_daemon_id = 1;
+    m->next_coord_id = 1;
     return 0;
 }
 
@@ -559,6 +560,55 @@ static int apply_set_daemon_state(cmap *m, rd *r, cmap_result *res)
     return 0;
 }
 
+static int apply_add_coordinator(cmap *m, rd *r, cmap_result *res)
+{
+    size_t hlen, plen;
+    const char *host = rd_str(r, &hlen);
+    uint16_t port = rd_u16(r);
+    const char *peer = rd_str(r, &plen);
+    uint16_t peer_port = rd_u16(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    if (hlen == 0 || hlen > CMAP_MAX_HOST || !host_chars_valid(host, hlen) || plen == 0 ||
+        plen > CMAP_MAX_HOST || !host_chars_valid(peer, plen))
+        return refuse(res, "ERR invalid coordinator address");
+    if (port == 0 || peer_port == 0) return refuse(res, "ERR coordinator port must not be 0");
+    if (m->ncoords >= CMAP_MAX_COORDINATORS)
+        return refuse(res, "ERR too many coordinators (at most %d)", CMAP_MAX_COORDINATORS);
+    for (uint32_t i = 0; i < m->ncoords; i++) {
+        const cmap_coordinator *c = &m->coords[i];
+        if ((strlen(c->host) == hlen && !memcmp(c->host, host, hlen) && c->port == port) ||
+            (strlen(c->peer_host) == plen && !memcmp(c->peer_host, peer, plen) &&
+             c->peer_port == peer_port))
+            return refuse(res, "ERR coordinator %llu already uses that address",
+                          (unsigned long long)c->id);
+    }
+    m->coords = xrealloc(m->coords, (m->ncoords + 1) * sizeof *m->coords);
+    cmap_coordinator *c = &m->coords[m->ncoords++];
+    memset(c, 0, sizeof *c);
+    c->id = m->next_coord_id++;
+    memcpy(c->host, host, hlen);
+    c->port = port;
+    memcpy(c->peer_host, peer, plen);
+    c->peer_port = peer_port;
+    res->id = c->id;
+    return 0;
+}
+
+static int apply_remove_coordinator(cmap *m, rd *r, cmap_result *res)
+{
+    uint64_t id = rd_u64(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    for (uint32_t i = 0; i < m->ncoords; i++)
+        if (m->coords[i].id == id) {
+            memmove(&m->coords[i], &m->coords[i + 1], (m->ncoords - i - 1) * sizeof *m->coords);
+            m->ncoords--;
+            return 0;
+        }
+    return refuse(res, "ERR no such coordinator %llu", (unsigned long long)id);
+}
+
 /* ---- public API --------------------------------------------------------- */
 
 cmap *cmap_new(void)
@@ -575,6 +625,7 @@ void cmap_free(cmap *m)
     }
     free(m->spaces);
     free(m->daemons);
+    free(m->coords);
     free(m);
 }
 
@@ -609,6 +660,12 @@ int cmap_apply(cmap *m, const void *cmd, size_t len, cmap_result *res)
         break;
     case CMAP_CMD_SET_DAEMON_STATE:
         rc = apply_set_daemon_state(m, &r, res);
+        break;
+    case CMAP_CMD_ADD_COORDINATOR:
+        rc = apply_add_coordinator(m, &r, res);
+        break;
+    case CMAP_CMD_REMOVE_COORDINATOR:
+        rc = apply_remove_coordinator(m, &r, res);
         break;
     default:
         return malformed(res);
@@ -662,6 +719,29 @@ void cmap_cmd_set_daemon_state(buf *out, uint64_t daemon_id, int state, uint64_t
     buf_put_u64be(out, daemon_id);
     buf_put_u32be(out, (uint32_t)state);
     buf_put_u64be(out, now_ms);
+}
+
+void cmap_cmd_add_coordinator(buf *out, const char *host, uint16_t port, const char *peer_host,
+                              uint16_t peer_port)
+{
+    cmd_head(out, CMAP_CMD_ADD_COORDINATOR);
+    put_str(out, host, strlen(host));
+    buf_put_u16be(out, port);
+    put_str(out, peer_host, strlen(peer_host));
+    buf_put_u16be(out, peer_port);
+}
+
+void cmap_cmd_remove_coordinator(buf *out, uint64_t id)
+{
+    cmd_head(out, CMAP_CMD_REMOVE_COORDINATOR);
+    buf_put_u64be(out, id);
+}
+
+const cmap_coordinator *cmap_coordinator_find(const cmap *m, uint64_t id)
+{
+    for (uint32_t i = 0; i < m->ncoords; i++)
+        if (m->coords[i].id == id) return &m->coords[i];
+    return NULL;
 }
 
 const cmap_space *cmap_space_find(const cmap *m, const char *name, size_t len)
@@ -799,6 +879,49 @@ void cmap_encode(const cmap *m, buf *out)
         }
     }
     buf_free(&schema);
+
+    /* format 2: coordinators */
+    buf_put_u64be(out, m->next_coord_id);
+    buf_put_u32be(out, m->ncoords);
+    for (uint32_t i = 0; i < m->ncoords; i++) {
+        const cmap_coordinator *c = &m->coords[i];
+        buf_put_u64be(out, c->id);
+        put_str(out, c->host, strlen(c->host));
+        buf_put_u16be(out, c->port);
+        put_str(out, c->peer_host, strlen(c->peer_host));
+        buf_put_u16be(out, c->peer_port);
+    }
+}
+
+static bool decode_host(rd *r, char *dst)
+{
+    size_t len;
+    const char *h = rd_str(r, &len);
+    if (r->bad || len == 0 || len > CMAP_MAX_HOST || !host_chars_valid(h, len)) return false;
+    memcpy(dst, h, len);
+    dst[len] = '\0';
+    return true;
+}
+
+static bool decode_coordinators(rd *r, cmap *m)
+{
+    m->next_coord_id = rd_u64(r);
+    uint32_t n = rd_u32(r);
+    if (r->bad || n > CMAP_MAX_COORDINATORS) return false;
+    if (m->cluster_id == 0 ? (m->next_coord_id || n) : m->next_coord_id == 0) return false;
+    if (n) m->coords = xcalloc(n, sizeof *m->coords);
+    for (uint32_t i = 0; i < n; i++) {
+        cmap_coordinator *c = &m->coords[i];
+        c->id = rd_u64(r);
+        if (!decode_host(r, c->host)) return false;
+        c->port = rd_u16(r);
+        if (!decode_host(r, c->peer_host)) return false;
+        c->peer_port = rd_u16(r);
+        if (r->bad || c->port == 0 || c->peer_port == 0) return false;
+        if (c->id <= (i ? m->coords[i - 1].id : 0) || c->id >= m->next_coord_id) return false;
+        m->ncoords = i + 1;
+    }
+    return true;
 }
 
 /* Decodes one daemon; checks its own fields and its order after `prev_id`. */
@@ -876,7 +999,8 @@ int cmap_decode(const void *data, size_t len, cmap **out)
     rd r = {data, len, false};
     cmap *m = cmap_new();
 
-    if (rd_u8(&r) != CMAP_FORMAT_VERSION) goto err_after_map;
+    uint8_t format = rd_u8(&r);
+    if (format != 1 && format != CMAP_FORMAT_VERSION) goto err_after_map;
     m->cluster_id = rd_u64(&r);
     m->version = rd_u64(&r);
     m->settings.heartbeat_ms = rd_u32(&r);
@@ -920,6 +1044,8 @@ int cmap_decode(const void *data, size_t len, cmap **out)
         uint32_t prev = i ? m->spaces[i - 1].id : 0;
         if (!decode_space(&r, m, prev)) goto err_after_map;
     }
+    if (format >= 2 && !decode_coordinators(&r, m)) goto err_after_map;
+    if (format == 1 && m->cluster_id) m->next_coord_id = 1;
     if (!rd_done(&r)) goto err_after_map;
 
     *out = m;

@@ -35,7 +35,7 @@
 #include "buf.h"
 #include "space.h"
 
-#define CMAP_FORMAT_VERSION 1
+#define CMAP_FORMAT_VERSION 2 /* 2 added coordinators; version 1 maps still decode */
 #define CMAP_MAX_REPLICAS (SPACE_MAX_TOLERATE + 1)
 #define CMAP_MAX_DAEMONS 1024
 #define CMAP_MAX_SPACES 1024
@@ -59,7 +59,9 @@ enum cmap_cmd_type {
     CMAP_CMD_ADD_SPACE = 3,
     CMAP_CMD_DROP_SPACE = 4,
     CMAP_CMD_ADD_DAEMON = 5,
-    CMAP_CMD_SET_DAEMON_STATE = 6
+    CMAP_CMD_SET_DAEMON_STATE = 6,
+    CMAP_CMD_ADD_COORDINATOR = 7,
+    CMAP_CMD_REMOVE_COORDINATOR = 8
     /* numbers are never reused; new commands take new numbers */
 };
 
@@ -100,6 +102,17 @@ typedef struct cmap_daemon {
     uint64_t since_ms;  /* time of the last state change, from the command */
 } cmap_daemon;
 
+/* A coordinator: its id is also its Raft node id. */
+typedef struct cmap_coordinator {
+    uint64_t id; /* starts at 1 */
+    char host[CMAP_MAX_HOST + 1];
+    uint16_t port; /* client port */
+    char peer_host[CMAP_MAX_HOST + 1];
+    uint16_t peer_port; /* Raft port */
+} cmap_coordinator;
+
+#define CMAP_MAX_COORDINATORS 16
+
 typedef struct cmap {
     uint64_t cluster_id; /* 0 until bootstrapped */
     uint64_t version;
@@ -110,6 +123,9 @@ typedef struct cmap {
     cmap_space *spaces; /* in creation order */
     uint32_t ndaemons;
     cmap_daemon *daemons; /* in id order */
+    uint64_t next_coord_id;
+    uint32_t ncoords;
+    cmap_coordinator *coords; /* in id order */
 } cmap;
 
 typedef struct cmap_result {
@@ -137,11 +153,17 @@ void cmap_cmd_drop_space(buf *out, const char *name, size_t len);
 void cmap_cmd_add_daemon(buf *out, const char *host, uint16_t port, uint16_t peer_port,
                          uint64_t now_ms);
 void cmap_cmd_set_daemon_state(buf *out, uint64_t daemon_id, int state, uint64_t now_ms);
+/* ADD_COORDINATOR: res->id is the new coordinator's id (its Raft id); refused
+ * for a client or peer address already used by a coordinator. */
+void cmap_cmd_add_coordinator(buf *out, const char *host, uint16_t port, const char *peer_host,
+                              uint16_t peer_port);
+void cmap_cmd_remove_coordinator(buf *out, uint64_t id);
 
 /* Lookups (NULL if absent). Pointers are valid until the next cmap_apply. */
 const cmap_space *cmap_space_find(const cmap *m, const char *name, size_t len);
 const cmap_space *cmap_space_by_id(const cmap *m, uint32_t id);
 const cmap_daemon *cmap_daemon_find(const cmap *m, uint64_t id);
+const cmap_coordinator *cmap_coordinator_find(const cmap *m, uint64_t id);
 
 /* Partition of a key: xxh64(key, seed 0) % partitions. */
 uint32_t cmap_partition_of(const cmap_space *sp, const void *key, size_t len);

@@ -964,6 +964,67 @@ static void test_names(void **state)
 /* ---- determinism and version -------------------------------------------- */
 
 /* Builds a log of commands, successes and refusals mixed. */
+/* Coordinators: ids from 1 in order, never reused, addresses distinct; they
+ * survive encode/decode; a format-1 map (no coordinators) still decodes. */
+static void test_coordinators(void **state)
+{
+    (void)state;
+    cmap *m = cmap_new();
+    buf b;
+    buf_init(&b);
+    cmap_cmd_add_coordinator(&b, "127.0.0.1", 1982, "127.0.0.1", 11982);
+    expect_refused(m, &b, "ERR cluster not bootstrapped");
+    bootstrap(m, 7, false);
+
+    /* a format-1 encoding of this map: format byte 1, no coordinator section */
+    buf v1;
+    encode_map(m, &v1);
+    v1.data[0] = 1;
+    v1.len -= 12;
+    cmap *old = NULL;
+    assert_int_equal(cmap_decode(v1.data, v1.len, &old), 0);
+    assert_int_equal(old->ncoords, 0);
+    assert_int_equal(old->next_coord_id, 1);
+    cmap_free(old);
+    buf_free(&v1);
+
+    cmap_cmd_add_coordinator(&b, "127.0.0.1", 1982, "127.0.0.1", 11982);
+    assert_int_equal(expect_ok(m, &b), 1);
+    cmap_cmd_add_coordinator(&b, "127.0.0.1", 1983, "127.0.0.1", 11983);
+    assert_int_equal(expect_ok(m, &b), 2);
+    cmap_cmd_add_coordinator(&b, "127.0.0.1", 1982, "127.0.0.2", 1);
+    expect_refused(m, &b, "ERR coordinator 1 already uses that address");
+    cmap_cmd_add_coordinator(&b, "127.0.0.9", 1, "127.0.0.1", 11983);
+    expect_refused(m, &b, "ERR coordinator 2 already uses that address");
+    cmap_cmd_add_coordinator(&b, "", 1, "h", 2);
+    expect_refused(m, &b, "ERR invalid coordinator address");
+    cmap_cmd_add_coordinator(&b, "h", 0, "h", 2);
+    expect_refused(m, &b, "ERR coordinator port must not be 0");
+    roundtrip(m);
+
+    cmap_cmd_remove_coordinator(&b, 1);
+    expect_ok(m, &b);
+    assert_null(cmap_coordinator_find(m, 1));
+    assert_non_null(cmap_coordinator_find(m, 2));
+    cmap_cmd_remove_coordinator(&b, 1);
+    expect_refused(m, &b, "ERR no such coordinator 1");
+    cmap_cmd_add_coordinator(&b, "127.0.0.1", 1982, "127.0.0.1", 11982);
+    assert_int_equal(expect_ok(m, &b), 3); /* never reused */
+    roundtrip(m);
+
+    /* every truncated command is refused without a change */
+    buf full;
+    buf_init(&full);
+    cmap_cmd_add_coordinator(&full, "127.0.0.4", 4, "127.0.0.4", 5);
+    for (size_t n = 0; n < full.len; n++) {
+        buf_append(&b, full.data, n);
+        expect_refused(m, &b, "ERR malformed command");
+    }
+    buf_free(&full);
+    buf_free(&b);
+    cmap_free(m);
+}
+
 static void build_log(buf *cmds, size_t *offs, size_t *n)
 {
     buf_init(cmds);
@@ -1307,18 +1368,23 @@ static void test_decode_too_many_replicas(void **state)
     add_space(m, "space s key k create 1 partitions tolerate 0 failures");
     buf e;
     encode_map(m, &e);
-    /* the map ends with: u8 health, u32 nreplicas, u64 daemon, u8 state */
-    assert_int_equal(get_u32be(e.data + e.len - 13), 1);
-    uint64_t first = get_u64be(e.data + e.len - 9);
+    /* the spaces end with: u8 health, u32 nreplicas, u64 daemon, u8 state;
+     * then come the coordinators (u64 next id, u32 count 0) */
+    const size_t coords = 12;
+    assert_int_equal(get_u32be(e.data + e.len - coords - 13), 1);
+    uint64_t first = get_u64be(e.data + e.len - coords - 9);
     cmap *d = NULL;
     assert_int_equal(cmap_decode(e.data, e.len, &d), 0);
     cmap_free(d);
-    e.len -= 13;
+    unsigned char tail[12];
+    memcpy(tail, e.data + e.len - coords, coords);
+    e.len -= coords + 13;
     buf_put_u32be(&e, CMAP_MAX_REPLICAS + 1);
     for (uint64_t id = 1; id <= CMAP_MAX_REPLICAS + 1; id++) {
         buf_put_u64be(&e, id == 1 ? first : (id == first ? 1 : id));
         buf_putc(&e, CMAP_R_IN_SYNC);
     }
+    buf_append(&e, tail, coords);
     d = (cmap *)&e;
     assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
     assert_null(d);
@@ -1470,11 +1536,13 @@ static void test_decode_invalid(void **state)
     buf e;
     encode_map(m, &e);
     cmap *d = NULL;
-    e.data[0] = 2;
+    e.data[0] = CMAP_FORMAT_VERSION + 1;
     assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
     e.data[0] = 0;
     assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
-    e.data[0] = 1;
+    e.data[0] = 1; /* a format-2 map read as format 1 has trailing bytes */
+    assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
+    e.data[0] = CMAP_FORMAT_VERSION;
     size_t single_at = 1 + 8 + 8 + 4 + 4 + 4 + 8;
     e.data[single_at] = 2;
     assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
@@ -1535,6 +1603,7 @@ int main(void)
         cmocka_unit_test(test_decode_truncated),
         cmocka_unit_test(test_decode_flips),
         cmocka_unit_test(test_decode_invalid),
+        cmocka_unit_test(test_coordinators),
         cmocka_unit_test(test_decode_too_many_replicas),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
