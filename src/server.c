@@ -53,6 +53,7 @@
 #include "kv.h"
 #include "log.h"
 #include "net.h"
+#include "proc.h"
 #include "resp.h"
 #include "store.h"
 
@@ -539,24 +540,6 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- start-up ----------------------------------------------------------------- */
 
-static int lock_data_dir(server *s, char *err, size_t errlen)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/keel.lock", s->o.dir);
-    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (s->lock_fd < 0) {
-        snprintf(err, errlen, "cannot open %.300s: %s", path, strerror(errno));
-        return -1;
-    }
-    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        snprintf(err, errlen, "data directory %s is in use by another keel process", s->o.dir);
-        close(s->lock_fd);
-        s->lock_fd = -1;
-        return -1;
-    }
-    return 0;
-}
-
 /* Loads the persisted cluster map, or bootstraps a new one-node cluster. */
 static int load_map(server *s, char *err, size_t errlen)
 {
@@ -624,19 +607,6 @@ err_storage:
     return -1;
 }
 
-static void write_pid_file(const server *s)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/keel.pid", s->o.dir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        log_warn("cannot write %s: %s", path, strerror(errno));
-        return;
-    }
-    fprintf(f, "%d\n", (int)getpid());
-    fclose(f);
-}
-
 static void close_walk(uv_handle_t *h, void *arg)
 {
     (void)arg;
@@ -669,7 +639,7 @@ static int server_run(const server_opts *o, int ready_fd)
         snprintf(err, sizeof err, "cannot create data directory %s: %s", o->dir, strerror(errno));
         goto err_after_loop;
     }
-    if (lock_data_dir(s, err, sizeof err)) goto err_after_loop;
+    if ((s->lock_fd = proc_lock_dir(o->dir, err, sizeof err)) < 0) goto err_after_loop;
     if (store_open(&s->st, o->dir, o->sync_policy, o->map_size, err, sizeof err))
         goto err_after_lock;
     if (load_map(s, err, sizeof err)) goto err_after_store;
@@ -694,24 +664,15 @@ static int server_run(const server_opts *o, int ready_fd)
         s->sigs[i].data = s;
         uv_signal_start(&s->sigs[i], on_signal, signums[i]);
     }
-    if (!o->foreground) write_pid_file(s);
+    if (!o->foreground) proc_write_pid(o->dir);
     log_notice("event=server_started mode=standalone listen=%s:%d data=%s sync=%s pid=%d", o->host,
                o->port, o->dir, store_sync_name(o->sync_policy), (int)getpid());
-    if (ready_fd >= 0) {
-        ssize_t w = write(ready_fd, "0", 1);
-        (void)w;
-        close(ready_fd);
-        ready_fd = -1;
-    }
+    proc_ready(&ready_fd);
 
     uv_run(&s->loop, UV_RUN_DEFAULT);
     log_notice("event=server_stopped clean shutdown");
     status = 0;
-    if (!o->foreground) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/keel.pid", o->dir);
-        unlink(path);
-    }
+    if (!o->foreground) proc_remove_pid(o->dir);
 
 err_after_rtxn:
     store_txn_abort(&s->rtxn);
@@ -731,12 +692,7 @@ err_after_loop:
     uv_loop_close(&s->loop);
     if (status) {
         log_error("cannot start: %s", err);
-        if (ready_fd >= 0) {
-            ssize_t w = write(ready_fd, "1", 1);
-            w = write(ready_fd, err, strlen(err));
-            (void)w;
-            close(ready_fd);
-        }
+        proc_failed(&ready_fd, err);
     }
     free(s);
     return status;
@@ -745,54 +701,12 @@ err_after_loop:
 int server_main(const server_opts *o)
 {
     if (o->foreground) return server_run(o, -1);
-    /* Daemonise: the parent waits for the child to report that it serves (or
-     * why it cannot), so `keel standalone` without -f fails loudly. */
-    if (mkdir(o->dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "keel: cannot create data directory %s: %s\n", o->dir, strerror(errno));
-        return 1;
-    }
-    int fds[2];
-    if (pipe(fds)) {
-        perror("keel: pipe");
-        return 1;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("keel: fork");
-        return 1;
-    }
-    if (pid > 0) {
-        close(fds[1]);
-        char msg[600] = "";
-        ssize_t n = 0, r;
-        while ((r = read(fds[0], msg + n, sizeof msg - 1 - (size_t)n)) > 0)
-            n += r;
-        msg[n > 0 ? n : 0] = 0;
-        if (n > 0 && msg[0] == '0') {
-            printf("keel: serving on %s:%d (pid %d), data in %s, log in %s/keel.log\n", o->host,
-                   o->port, (int)pid, o->dir, o->dir);
-            return 0;
-        }
-        fprintf(stderr, "keel: %s\n", n > 1 ? msg + 1 : "server exited during start-up (see log)");
-        return 1;
-    }
-    close(fds[0]);
-    setsid();
-    char path[4096];
-    snprintf(path, sizeof path, "%s/keel.log", o->dir);
-    if (log_open_file(path) != 0) {
-        ssize_t w = write(fds[1], "1cannot open log file", 21);
-        (void)w;
-        _exit(1);
-    }
-    int null = open("/dev/null", O_RDWR);
-    int logfd = open(path, O_WRONLY | O_APPEND);
-    if (null >= 0) dup2(null, 0);
-    if (logfd >= 0) {
-        dup2(logfd, 1);
-        dup2(logfd, 2);
-    }
-    _exit(server_run(o, fds[1]));
+    char what[128];
+    snprintf(what, sizeof what, "serving on %s:%d", o->host, o->port);
+    int is_child, ready_fd;
+    int rc = proc_daemonize(o->dir, what, &is_child, &ready_fd);
+    if (!is_child) return rc;
+    _exit(server_run(o, ready_fd));
 }
 
 /* ---- arguments -------------------------------------------------------------- */
