@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "coord.h"
+#include "daemon.h"
 #include "server.h"
 
 #define KEEL_VERSION "0.1.0"
@@ -15,7 +17,9 @@ static void usage(void)
 {
     printf("usage: keel <command> [options]\n\n"
            "servers:\n"
-           "  keel standalone [-f] [-p PORT] [-D DIR] ...   single-process server\n\n"
+           "  keel standalone [-f] [-p PORT] [-D DIR] ...   single-process server\n"
+           "  keel coordinator [-f] [-p PORT] [-D DIR] [-c HOST -P PORT] ...   coordinator member\n"
+           "  keel daemon [-f] [-p PORT] [-c HOST] [-P PORT] [-D DIR] ...   storage daemon\n\n"
            "clients:\n");
     cli_usage();
     printf("\n  keel version | keel help\n"
@@ -35,6 +39,8 @@ int main(int argc, char **argv)
         if (rc) return rc;
         return server_main(&o);
     }
+    if (!strcmp(cmd, "daemon")) return daemon_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "coordinator")) return coord_main(argc - 1, argv + 1);
     if (cli_is_command(cmd)) return cli_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("keel %s\n", KEEL_VERSION);

@@ -295,9 +295,10 @@ void rclient_send_raw(rclient *c, const void *data, size_t len, rclient_cb cb, v
         return;
     }
     if (c->state == IDLE) {
-        int rc = uv_now(c->loop) < c->retry_at ? UV_ECONNREFUSED : start_connect(c);
-        if (rc) {
+        int rc = UV_ECONNREFUSED; /* still backing off after a failure (invariant 3) */
+        if (uv_now(c->loop) >= c->retry_at && (rc = start_connect(c)) != 0)
             c->retry_at = uv_now(c->loop) + RCLIENT_RETRY_MS;
+        if (rc) {
             if (r) {
                 r->status = rc;
                 complete(c, r);
