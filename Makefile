@@ -4,6 +4,7 @@
 #   make run        install missing deps, build, start a local keel in the foreground
 #   make test       install missing deps, build, run every test (unit, fuzz smoke, e2e)
 #   make asan       the whole suite under AddressSanitizer + UBSan (build/asan)
+#   make sim        the Raft simulator for SEEDS seeds of STEPS steps (replsim: replication)
 #   make fuzz       run each libFuzzer target for FUZZ_TIME seconds (default 300)
 #
 # Every src/*.c except main.c goes into build/libkeelcore.a (internal, used by
@@ -39,10 +40,13 @@ FUZZ_TIME ?= 300
 FUZZ_SMOKE ?= 15
 PYTEST  := /usr/bin/python3 -m pytest
 SIM_SRC := $(wildcard tests/sim/*.c)
+REPLSIM_SRC := $(wildcard tests/replsim/*.c)
+CLUSTER_TESTS := $(wildcard tests/cluster/test_*.py)
 SEEDS   ?= 500
 STEPS   ?= 2000
 
-.PHONY: all run test unit fuzz-smoke fuzz e2e asan deps clean format bench sim sim-smoke
+.PHONY: all run test unit fuzz-smoke fuzz e2e cluster asan deps clean format bench sim sim-smoke \
+        replsim replsim-smoke
 
 all: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel.pc
 
@@ -95,6 +99,19 @@ sim-smoke: $(BUILD)/sim
 	  if [ $$rc -eq 1 ]; then echo "sim: checker caught the broken commit rule (expected): $$(grep -m1 VIOLATION $(BUILD)/sim-broken.log)"; \
 	  else echo "sim: expected a violation with --break-commit-rule, got exit $$rc"; cat $(BUILD)/sim-broken.log | tail -20; exit 1; fi
 
+# The deterministic replication simulator (tests/replsim), same conventions.
+$(BUILD)/replsim: $(REPLSIM_SRC) $(wildcard tests/replsim/*.h) $(BUILD)/libkeelcore.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -Itests/replsim -o $@ $(REPLSIM_SRC) $(BUILD)/libkeelcore.a $(LDLIBS)
+
+replsim: $(BUILD)/replsim
+	$(BUILD)/replsim --seeds $(SEEDS) --steps $(STEPS)
+
+replsim-smoke: $(BUILD)/replsim
+	$(BUILD)/replsim --seeds 300 --steps 2000
+	@$(BUILD)/replsim --seeds 200 --steps 2000 --break-commit-rule >$(BUILD)/replsim-broken.log 2>&1; rc=$$?; \
+	  if [ $$rc -eq 1 ]; then echo "replsim: checker caught the broken commit rule (expected): $$(grep -m1 VIOLATION $(BUILD)/replsim-broken.log)"; \
+	  else echo "replsim: expected a violation with --break-commit-rule, got exit $$rc"; tail -20 $(BUILD)/replsim-broken.log; exit 1; fi
+
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
@@ -112,11 +129,17 @@ fuzz: $(FUZZ_BIN)
 e2e: $(BUILD)/keel $(BUILD)/libkeel.so
 	KEEL_BIN=$(abspath $(BUILD)/keel) $(PYTEST) -q tests/e2e
 
-test: deps all unit $(if $(SIM_SRC),sim-smoke) fuzz-smoke e2e
+# Multi-process cluster tests: coordinators and daemons on their own loopback
+# addresses, with kill -9, SIGSTOP and partitions.
+cluster: $(BUILD)/keel
+	KEEL_BIN=$(abspath $(BUILD)/keel) $(PYTEST) -q tests/cluster
+
+test: deps all unit $(if $(SIM_SRC),sim-smoke) $(if $(REPLSIM_SRC),replsim-smoke) fuzz-smoke e2e \
+      $(if $(CLUSTER_TESTS),cluster)
 	@echo "make test: all passed"
 
 asan:
-	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 all unit e2e
+	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 all unit e2e $(if $(CLUSTER_TESTS),cluster)
 
 run: deps all
 	@mkdir -p $(DATA)
