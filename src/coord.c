@@ -133,6 +133,8 @@ typedef struct coord {
     int role;
     uint64_t leader;
     uint64_t leader_since_ms;
+    uint64_t quorum_since_ms; /* leader: start of the current stretch with a quorum, 0: none */
+    uint64_t last_tick_ms;
     peer peers[CMAP_MAX_COORDINATORS];
     size_t npeers;
     proposal *props, *props_tail;
@@ -414,8 +416,8 @@ static void complete_proposal(coord *co, proposal *p, const cmap_result *res)
             co->joins_tail = j;
             return; /* answered by finish_joins */
         }
-        case P_REGISTER:
-            reply_register(co, out, res->id);
+        case P_REGISTER: /* a new daemon's id comes from the command; a rejoin's is p->arg */
+            reply_register(co, out, p->arg ? p->arg : res->id);
             break;
         default:
             resp_add_simple(out, "OK");
@@ -512,6 +514,7 @@ static void role_changed(coord *co, int role, uint64_t leader)
 {
     if (role == RAFT_LEADER && co->role != RAFT_LEADER) {
         co->leader_since_ms = mono_ms();
+        co->quorum_since_ms = 0;
         co->nhb = 0;
         log_notice("event=coordinator_leader coordinator=%" PRIu64 " became leader", co->id);
     }
@@ -605,16 +608,25 @@ static void leader_duties(coord *co)
             co->internal_pending = true;
         }
     }
-    /* failure detection (invariant 4) */
+    /* failure detection (invariant 4). Heartbeats could reach this leader
+     * only while it had a quorum (it answers NOQUORUM otherwise) and while
+     * its loop ran, so silence is counted from the start of the current
+     * stretch of leadership with a quorum and without a stall. */
     uint64_t now = mono_ms();
     uint64_t pt = co->map->settings.ping_timeout_ms;
-    if (co->map->cluster_id && now - co->leader_since_ms >= pt) {
+    if (!raft_leader_has_quorum(co->r))
+        co->quorum_since_ms = 0;
+    else if (!co->quorum_since_ms)
+        co->quorum_since_ms = now;
+    uint64_t base =
+        co->leader_since_ms > co->quorum_since_ms ? co->leader_since_ms : co->quorum_since_ms;
+    if (co->map->cluster_id && co->quorum_since_ms && now - base >= pt) {
         for (uint32_t i = 0; i < co->map->ndaemons; i++) {
             const cmap_daemon *d = &co->map->daemons[i];
             if (d->state != CMAP_D_ONLINE) continue;
             hb_entry *h = hb_find(co, d->id, true);
             if (!h || h->fail_proposed) continue;
-            uint64_t since = h->last_ms > co->leader_since_ms ? h->last_ms : co->leader_since_ms;
+            uint64_t since = h->last_ms > base ? h->last_ms : base;
             if (now - since < pt + pt / 10) continue;
             buf_reset(&cmd);
             cmap_cmd_set_daemon_state(&cmd, d->id, CMAP_D_OFFLINE, wall_ms());
@@ -639,6 +651,15 @@ static void on_tick(uv_timer_t *t)
 {
     coord *co = t->data;
     if (!co->r) return;
+    uint64_t now = mono_ms();
+    if (co->last_tick_ms && co->map->cluster_id &&
+        now - co->last_tick_ms > co->map->settings.ping_timeout_ms / 2) {
+        /* The loop stalled (SIGSTOP, swapping): heartbeats sent meanwhile
+         * were not read, so silence must be measured afresh. */
+        log_warn("the coordinator loop stalled for %" PRIu64 " ms", now - co->last_tick_ms);
+        co->quorum_since_ms = 0;
+    }
+    co->last_tick_ms = now;
     raft_tick(co->r);
     process_ready(co);
     leader_duties(co);
@@ -1108,6 +1129,8 @@ static void cmd_register(coord *co, net_conn *c, int argc, char **argv, size_t *
             if (!p) {
                 buf_append(net_reply_buf(r), err.data, err.len);
                 net_reply_done(r);
+            } else {
+                p->arg = id;
             }
             buf_free(&err);
         }
