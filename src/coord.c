@@ -56,7 +56,7 @@
 #include "rstore.h"
 
 #define KEEL_VERSION "0.1.0"
-#define COMPACT_EVERY 10000 /* entries past the snapshot before compacting */
+#define COMPACT_EVERY 10000 /* default: entries past the snapshot before compacting */
 #define FORWARD_TIMEOUT_MS 5000
 
 typedef struct coord_opts {
@@ -68,6 +68,7 @@ typedef struct coord_opts {
     const char *join_host;
     int join_port;
     unsigned tick_ms;
+    unsigned snapshot_every;
     bool foreground;
     bool test_faults;
 } coord_opts;
@@ -638,7 +639,7 @@ static void leader_duties(coord *co)
 
 static void maybe_compact(coord *co)
 {
-    if (co->applied < co->snap_index + COMPACT_EVERY) return;
+    if (co->applied < co->snap_index + co->o.snapshot_every) return;
     buf b;
     buf_init(&b);
     cmap_encode(co->map, &b);
@@ -1677,7 +1678,8 @@ static void usage(void)
             "  -P, --connect-port PORT   ... and PORT (default 1982)\n"
             "  --peer-listen HOST        Raft address (default: the --listen address)\n"
             "  --peer-port PORT          Raft port (default: client port + 10000)\n"
-            "  --tick-ms N               Raft tick (default 100; election after 10-20 ticks)\n");
+            "  --tick-ms N               Raft tick (default 100; election after 10-20 ticks)\n"
+            "  --snapshot-every N        compact the Raft log every N applied entries (10000)\n");
 }
 
 static int port_arg(const char *flag, const char *v, int *out)
@@ -1698,8 +1700,9 @@ int coord_main(int argc, char **argv)
                     .port = 1982,
                     .dir = "keel-coordinator-data",
                     .join_port = 1982,
-                    .tick_ms = 100};
-    enum { OPT_PEER_LISTEN = 1000, OPT_PEER_PORT, OPT_TICK, OPT_FAULTS, OPT_HELP };
+                    .tick_ms = 100,
+                    .snapshot_every = COMPACT_EVERY};
+    enum { OPT_PEER_LISTEN = 1000, OPT_PEER_PORT, OPT_TICK, OPT_FAULTS, OPT_SNAP, OPT_HELP };
     static const struct option lo[] = {{"foreground", no_argument, 0, 'f'},
                                        {"listen", required_argument, 0, 'l'},
                                        {"listen-port", required_argument, 0, 'p'},
@@ -1710,6 +1713,7 @@ int coord_main(int argc, char **argv)
                                        {"peer-port", required_argument, 0, OPT_PEER_PORT},
                                        {"tick-ms", required_argument, 0, OPT_TICK},
                                        {"test-faults", no_argument, 0, OPT_FAULTS},
+                                       {"snapshot-every", required_argument, 0, OPT_SNAP},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
     optind = 1;
@@ -1753,6 +1757,16 @@ int coord_main(int argc, char **argv)
         case OPT_FAULTS:
             o.test_faults = true;
             break;
+        case OPT_SNAP: {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end || n < 2 || n > 100000000) {
+                fprintf(stderr, "keel: --snapshot-every needs 2..100000000, got '%s'\n", optarg);
+                return 2;
+            }
+            o.snapshot_every = (unsigned)n;
+            break;
+        }
         case OPT_HELP:
             usage();
             return 0;
