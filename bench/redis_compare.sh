@@ -11,9 +11,9 @@
 #      --appendonly yes --appendfsync everysec --save ''. Each has its own
 #      directory inside one mktemp dir; ports are picked at run time.
 #   2. Preload: both servers get the same KEYSPACE keys key:000000000000 ..
-#      key:<KEYSPACE-1>, each with a DATA-byte value, sent as one pipelined
-#      stream by `redis-cli --pipe` (PUT kv KEY v VALUE for keel, SET KEY
-#      VALUE for redis). Those are exactly the names redis-benchmark's
+#      key:<KEYSPACE-1>, each with a DATA-byte value, sent as pipelined
+#      streams of PRELOAD_CHUNK commands by `redis-cli --pipe` (PUT kv KEY v
+#      VALUE for keel, SET KEY VALUE for redis). Those are exactly the names redis-benchmark's
 #      `key:__rand_int__` expands to with -r KEYSPACE, so every GET hits. The
 #      script checks COUNT kv / DBSIZE equal KEYSPACE before measuring.
 #   3. For each pipeline depth (1 and 16) and each repetition r = 1..R: write
@@ -27,7 +27,7 @@
 #   1. Every process the script starts is recorded by pid and stopped (TERM,
 #      then KILL after 10 s) on every exit path; nothing is killed by name.
 #   2. Every external wait is bounded: server start 10 s, each
-#      redis-benchmark run RUN_TIMEOUT s (through timeout(1)).
+#      redis-benchmark run and preload stream RUN_TIMEOUT s (timeout(1)).
 #   3. The keel binary is copied into the temp dir first, so a rebuild of
 #      build/keel during the run does not change what is measured.
 #   4. The exit status is 0 when every step ran, whatever the ratios are;
@@ -61,6 +61,7 @@ environment (defaults in brackets; QUICK=1 changes the defaults shown second):
                every other depth N_P16                             ["1 16"]
   KEEL         keel binary                                        [<repo>/build/keel]
   RUN_TIMEOUT  seconds allowed for one redis-benchmark run        [600]
+  PRELOAD_CHUNK  commands per redis-cli --pipe stream in the preload [10000]
   QUIET_WAIT   before each run, wait up to this many seconds for the host
                to be quiet (CPU busy below QUIET_BUSY % of all cores) [0]
   QUIET_BUSY   the busy threshold for QUIET_WAIT, percent          [25]
@@ -108,10 +109,11 @@ DATA=${DATA:-100}
 PIPELINES=${PIPELINES:-"1 16"}
 KEEL=${KEEL:-$REPO/build/keel}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
+PRELOAD_CHUNK=${PRELOAD_CHUNK:-10000}
 QUIET_WAIT=${QUIET_WAIT:-0}
 QUIET_BUSY=${QUIET_BUSY:-25}
 
-for v in R N_P1 N_P16 N_ALWAYS_P1 N_ALWAYS_P16 CLIENTS KEYSPACE DATA RUN_TIMEOUT QUIET_BUSY; do
+for v in R N_P1 N_P16 N_ALWAYS_P1 N_ALWAYS_P16 CLIENTS KEYSPACE DATA RUN_TIMEOUT PRELOAD_CHUNK QUIET_BUSY; do
     val=${!v}
     case "$val" in
         ''|*[!0-9]*|0) echo "redis_compare: $v must be a positive integer (got '$val')" >&2; exit 2 ;;
@@ -274,29 +276,56 @@ alive_or_fail() {  # alive_or_fail NAME PID LOG
 
 VALUE=$(head -c "$DATA" /dev/zero | tr '\0' x)   # what redis-benchmark -d sends
 
-# make_preload KIND FILE: RESP stream writing every key once (KIND keel|redis)
+# make_preload KIND: RESP streams writing every key once (KIND keel|redis), in
+# files $WORK/preload-KIND.NNNN of PRELOAD_CHUNK commands each
 make_preload() {
-    awk -v n="$KEYSPACE" -v v="$VALUE" -v kind="$1" 'BEGIN {
+    awk -v n="$KEYSPACE" -v v="$VALUE" -v kind="$1" -v chunk="$PRELOAD_CHUNK" \
+        -v base="$WORK/preload-$1" 'BEGIN {
         for (i = 0; i < n; i++) {
+            if (i % chunk == 0) {
+                if (i) close(f)
+                f = sprintf("%s.%04d", base, i / chunk)
+            }
             k = sprintf("key:%012d", i)
             if (kind == "keel")
-                printf "*5\r\n$3\r\nPUT\r\n$2\r\nkv\r\n$%d\r\n%s\r\n$1\r\nv\r\n$%d\r\n%s\r\n", length(k), k, length(v), v
+                printf "*5\r\n$3\r\nPUT\r\n$2\r\nkv\r\n$%d\r\n%s\r\n$1\r\nv\r\n$%d\r\n%s\r\n", length(k), k, length(v), v > f
             else
-                printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", length(k), k, length(v), v
+                printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", length(k), k, length(v), v > f
         }
-    }' >"$2"
+        close(f)
+    }'
 }
 
-# preload PORT KIND: pipe the stream, require zero errors and KEYSPACE replies
+# run_bg IN OUT ERR CMD...: run CMD in the background with a RUN_TIMEOUT bound
+# and wait for it, so an INT/TERM reaches the trap at once; returns CMD's status
+run_bg() {
+    local in=$1 out=$2 err=$3 bpid rc=0
+    shift 3
+    timeout "$RUN_TIMEOUT" "$@" <"$in" >"$out" 2>"$err" &
+    bpid=$!
+    PIDS="$PIDS $bpid"
+    wait "$bpid" || rc=$?
+    forget_pid "$bpid"
+    return "$rc"
+}
+
+# preload PORT KIND: pipe each chunk through one redis-cli --pipe, require
+# zero errors and a reply for every command
 preload() {
-    local port=$1 kind=$2 out
-    [ -f "$WORK/preload-$kind.resp" ] || make_preload "$kind" "$WORK/preload-$kind.resp"
-    out=$(timeout "$RUN_TIMEOUT" redis-cli -p "$port" --pipe <"$WORK/preload-$kind.resp" 2>&1) \
-        || fail "preload of $kind failed: $out"
-    case "$out" in
-        *"errors: 0, replies: $KEYSPACE"*) ;;
-        *) fail "preload of $kind: unexpected result: $out" ;;
-    esac
+    local port=$1 kind=$2 t0 rc f want total=0
+    make_preload "$kind"
+    t0=$(date +%s.%N)
+    for f in "$WORK/preload-$kind".[0-9][0-9][0-9][0-9]; do
+        want=$(grep -c '^\*' "$f")
+        rc=0
+        run_bg "$f" "$f.out" "$f.err" redis-cli -p "$port" --pipe || rc=$?
+        [ "$rc" = 0 ] || fail "preload of $kind failed ($rc): $(cat "$f.out" "$f.err")"
+        grep -q "errors: 0, replies: $want\$" "$f.out" \
+            || fail "preload of $kind: unexpected result: $(cat "$f.out" "$f.err")"
+        total=$((total + want))
+    done
+    [ "$total" = "$KEYSPACE" ] || fail "preload of $kind sent $total commands, not $KEYSPACE"
+    echo "preloaded $KEYSPACE keys into $kind in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s"
 }
 
 # expect WHAT WANT CMD...: run redis-cli CMD, compare its output with WANT
@@ -320,7 +349,8 @@ check_counts() {      # both servers hold exactly KEYSPACE keys
 
 # ------------------------------------------------------------ benchmarking --
 
-RESULTS="$WORK/results.tsv"   # label server rep rps p50 p99 other-load, tab-separated
+# label server rep rps p50 p99 other-load-before other-load-during, tab-separated
+RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 RUN_NO=0
 
@@ -333,25 +363,42 @@ proc_ticks() {     # proc_ticks PID...: user + system clock ticks of those proce
     echo "$t"
 }
 
-# cpu_busy: sets BUSY to the percent of all cores used over the next second by
-# everything except the two servers under test, and SRV to the servers' share
-cpu_busy() {
-    local a b pa pb
-    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat)
-    pa=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
-    sleep 1
-    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat)
-    pb=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
-    read -r BUSY SRV < <(awk -v a="$a" -v b="$b" -v s=$((pb - pa)) 'BEGIN {
-        split(a, x, " "); split(b, y, " ")
-        busy = y[1] - x[1]; total = busy + y[2] - x[2]
-        if (total <= 0) { print 0, 0; exit }
-        o = busy - s; if (o < 0) o = 0
-        printf "%.0f %.0f\n", 100 * o / total, 100 * s / total }')
+host_ticks() {     # busy and idle clock ticks of the whole host (steal counts as busy)
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat
 }
 
-# quiet: measure BUSY/SRV just before a run, first waiting up to QUIET_WAIT
-# seconds for the other load on the host to drop below QUIET_BUSY
+# child_ticks: sets CT to the CPU ticks of this shell's reaped children. The
+# times builtin must run in this shell, not in a $(...) subshell, to see them.
+child_ticks() {
+    times >"$WORK/times"
+    CT=$(awk 'NR == 2 { t = 0
+             for (i = 1; i <= 2; i++) { split($i, a, "m"); sub(/s$/, "", a[2]); t += a[1] * 60 + a[2] }
+             printf "%d\n", t * 100 }' "$WORK/times")
+}
+
+# other_during H0 H1 OURS: percent of all cores used by other processes between
+# two host_ticks samples, given the ticks our own processes used meanwhile
+other_during() {
+    awk -v a="$1" -v b="$2" -v s="$3" 'BEGIN {
+        split(a, x, " "); split(b, y, " ")
+        busy = y[1] - x[1]; total = busy + y[2] - x[2]
+        if (total <= 0) { print 0; exit }
+        o = busy - s; if (o < 0) o = 0
+        printf "%.0f\n", 100 * o / total }'
+}
+
+# cpu_busy: sets BUSY to the percent of all cores used over the next second by
+# everything except the two servers under test
+cpu_busy() {
+    local h0 h1 s0 s1
+    h0=$(host_ticks); s0=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
+    sleep 1
+    h1=$(host_ticks); s1=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
+    BUSY=$(other_during "$h0" "$h1" $((s1 - s0)))
+}
+
+# quiet: set BUSY just before a run, first waiting up to QUIET_WAIT seconds
+# for the other load on the host to drop below QUIET_BUSY
 quiet() {
     local waited=0
     cpu_busy
@@ -363,19 +410,21 @@ quiet() {
 
 # bench LABEL SERVER REP PORT PID LOG N P ARGS...: one redis-benchmark run
 bench() {
-    local label=$1 server=$2 rep=$3 port=$4 pid=$5 log=$6 n=$7 p=$8 bpid rc line
+    local label=$1 server=$2 rep=$3 port=$4 pid=$5 log=$6 n=$7 p=$8 rc line
     shift 8
     RUN_NO=$((RUN_NO + 1))
     local out="$WORK/run-$RUN_NO.csv" err="$WORK/run-$RUN_NO.err"
     alive_or_fail "$server" "$pid" "$log"
     quiet
-    timeout "$RUN_TIMEOUT" redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$n" \
-        -r "$KEYSPACE" -P "$p" --csv "$@" >"$out" 2>"$err" &
-    bpid=$!
-    PIDS="$PIDS $bpid"
+    local h0 h1 s0 s1 c0 c1
+    child_ticks; c0=$CT
+    h0=$(host_ticks); s0=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
     rc=0
-    wait "$bpid" || rc=$?
-    forget_pid "$bpid"
+    run_bg /dev/null "$out" "$err" redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$n" \
+        -r "$KEYSPACE" -P "$p" --csv "$@" || rc=$?
+    h1=$(host_ticks); s1=$(proc_ticks "$KEEL_PID" "$REDIS_PID")
+    child_ticks; c1=$CT
+    DURING=$(other_during "$h0" "$h1" $((s1 - s0 + c1 - c0)))
     if [ "$rc" -ne 0 ]; then
         cat "$err" >&2
         [ "$rc" -eq 124 ] && fail "$label on $server timed out after ${RUN_TIMEOUT}s"
@@ -392,10 +441,10 @@ bench() {
     esac
     awk -v l="$line" 'BEGIN { split(l, f, "\t"); exit !(f[1] + 0 > 0) }' \
         || fail "$label on $server: zero throughput"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$server" "$rep" "$line" "$BUSY" >>"$RESULTS"
-    printf '  %-8s %-6s rep %d: %12s rps  p50 %6s ms  p99 %7s ms  (before: other load %s%%, servers %s%%)\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$server" "$rep" "$line" "$BUSY" "$DURING" >>"$RESULTS"
+    printf '  %-8s %-6s rep %d: %10.0f rps  p50 %6s ms  p99 %7s ms  other load: before %3s%%, during %3s%%\n' \
         "$label" "$server" "$rep" "$(cut -f1 <<<"$line")" "$(cut -f2 <<<"$line")" \
-        "$(cut -f3 <<<"$line")" "$BUSY" "$SRV"
+        "$(cut -f3 <<<"$line")" "$BUSY" "$DURING"
 }
 
 # pair LABEL REP N P KEELARGS -- REDISARGS: keel and redis back to back,
@@ -500,7 +549,6 @@ start_redis everysec
 echo "keel pid $KEEL_PID port $KEEL_PORT; redis pid $REDIS_PID port $REDIS_PORT"
 
 setup_keel_space
-echo "preloading $KEYSPACE keys into each..."
 preload "$KEEL_PORT" keel
 preload "$REDIS_PORT" redis
 check_counts
@@ -563,5 +611,8 @@ done
 echo
 echo "data on disk after the main runs: keel $keel_du, redis $redis_du"
 echo "spread = (max - min) / median of the $R rps values; '-' with R=1."
-echo "other load on the host in the second before each run (percent of all cores): $(awk -F'\t' '{ s += $7; if ($7 > m) m = $7 } END { printf "mean %.0f%%, max %d%%", s / NR, m }' "$RESULTS")"
+echo "other load (percent of all cores used by processes other than the servers and"
+echo "redis-benchmark; includes steal and unattributed kernel work):"
+echo "  in the second before each run: $(awk -F'\t' '{ s += $7; if ($7 > m) m = $7 } END { printf "mean %.0f%%, max %d%%", s / NR, m }' "$RESULTS")"
+echo "  during the runs:               $(awk -F'\t' '{ s += $8; if ($8 > m) m = $8 } END { printf "mean %.0f%%, max %d%%", s / NR, m }' "$RESULTS")"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,8 +3,9 @@
  * libkeel speaks keel's wire protocol (RESP2, docs/protocol.md) over one
  * blocking TCP connection per client handle. It offers typed calls for every
  * data and space command (keel_put, keel_get, keel_search, keel_space_add,
- * ...), a generic keel_command for anything else (INFO, CLUSTER.*, a shell),
- * and a pipeline for many requests in flight.
+ * ...) and for cluster administration (keel_cluster_status,
+ * keel_coordinator_remove), a generic keel_command for anything else (INFO,
+ * CLUSTER.MAP, a shell), and a pipeline for many requests in flight.
  *
  * Conventions (every function below follows them):
  *
@@ -53,6 +54,8 @@ extern "C" {
 
 /* Default client port of a keel daemon or `keel standalone`. */
 #define KEEL_DEFAULT_PORT 2012
+/* Default client port of a keel coordinator. */
+#define KEEL_DEFAULT_COORDINATOR_PORT 1982
 
 /* ---------------------------------------------------------------------------
  * Status codes
@@ -274,12 +277,37 @@ KEEL_API void keel_strings_free(char **strings, size_t n);
  * per line, NUL-terminated. The caller frees it with keel_free. */
 KEEL_API int keel_space_describe(keel_client *c, const char *name, char **text);
 
-/* Frees a single string handed out by libkeel (keel_space_describe). NULL is
- * a no-op. */
+/* Frees a single string handed out by libkeel (keel_space_describe,
+ * keel_cluster_status). NULL is a no-op. */
 KEEL_API void keel_free(void *p);
 
 /* PING: KEEL_OK if the server answered with a status reply (+PONG). */
 KEEL_API int keel_ping(keel_client *c);
+
+/* ---------------------------------------------------------------------------
+ * Cluster administration (sent to a coordinator, docs/coordinator.md)
+ *
+ * While the coordinators elect a leader these calls fail with
+ * KEEL_ERR_TRYAGAIN; keel_client_errmsg then holds the coordinator's line,
+ * which names the leader's client address when it is known
+ * ("TRYAGAIN leader is 10.0.0.2:1982 (unreachable from here)"), so the caller
+ * may retry there, after a pause. libkeel itself never retries.
+ * ------------------------------------------------------------------------- */
+
+/* CLUSTER.STATUS: on KEEL_OK *json is the cluster's status, a JSON document
+ * (its fields are listed in docs/coordinator.md), NUL-terminated; the caller
+ * frees it with keel_free. stale = 0 asks for a linearizable answer (the
+ * leader confirms it still leads before answering); stale != 0 sends the
+ * STALE argument, so any coordinator answers from its own, possibly stale,
+ * copy of the map. A server that does not serve CLUSTER.STATUS (a standalone
+ * server) answers KEEL_ERR_SERVER. */
+KEEL_API int keel_cluster_status(keel_client *c, int stale, char **json);
+
+/* COORD.REMOVE: removes coordinator id from the coordinator cluster; KEEL_OK
+ * once the removal is committed. KEEL_ERR_SERVER if id is unknown or if
+ * removing it would leave fewer reachable voters than a majority of the
+ * remaining ones (the coordinator's reason is in keel_client_errmsg). */
+KEEL_API int keel_coordinator_remove(keel_client *c, uint64_t id);
 
 /* ---------------------------------------------------------------------------
  * Generic commands and replies

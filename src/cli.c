@@ -1,6 +1,7 @@
 /* cli: the `keel` command-line client subcommands (put, get, del, search,
- * count, add-space, rm-space, list-spaces, describe-space, shell), built only
- * on the public libkeel API (include/keel.h).
+ * count, add-space, rm-space, list-spaces, describe-space, status,
+ * rm-coordinator, shell), built on the public libkeel API (include/keel.h);
+ * `keel status` also reads the coordinator's JSON with json.h.
  *
  * Invariants:
  *   1. Every argument is checked before connecting, so a usage error exits 2
@@ -14,6 +15,11 @@
  *      is empty or holds a space, a quote, a backslash or a byte outside
  *      printable ASCII is printed in double quotes with C escapes, the same
  *      escapes the shell accepts when reading a line.
+ *   5. Only administrative commands are retried (status, rm-coordinator,
+ *      add-space, rm-space), only after -TRYAGAIN (the coordinators are
+ *      electing a leader, so nothing was applied), for at most RETRY_TOTAL_MS,
+ *      with a growing pause; "leader is HOST:PORT" in the error moves the next
+ *      attempt to that address. Data commands are never retried.
  */
 #include "cli.h"
 
@@ -24,10 +30,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <editline/readline.h>
 
+#include "buf.h"
+#include "json.h"
 #include "keel.h"
 
 /* ---------------------------------------------------------------------------
@@ -39,6 +48,10 @@
 #define HISTORY_FILE ".keel_history"
 #define HISTORY_MAX 1000
 #define MAX_INPUT_BYTES (64u * 1024 * 1024) /* add-space description cap */
+#define RETRY_TOTAL_MS 5000                 /* give up retrying -TRYAGAIN after this long */
+#define RETRY_FIRST_MS 50                   /* first pause; doubled after every attempt */
+#define RETRY_MAX_MS 1000                   /* longest pause */
+#define TABLE_MAX_COLS 8
 
 enum exit_code { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
 
@@ -48,6 +61,8 @@ typedef struct cli_opts {
     int port;
     const char *expr; /* add-space -e TEXT */
     uint64_t limit;   /* search --limit N (0: none) */
+    int json;         /* status --json */
+    int stale;        /* status --stale */
     int npos;         /* positional arguments */
     char **pos;
 } cli_opts;
@@ -57,6 +72,7 @@ typedef struct cli_cmd {
     const char *args; /* usage after the common options */
     const char *help; /* one sentence */
     int (*run)(const cli_opts *o);
+    int port; /* default port; 0: KEEL_DEFAULT_PORT */
 } cli_cmd;
 
 /* ---------------------------------------------------------------------------
@@ -72,6 +88,8 @@ static int run_add_space(const cli_opts *o);
 static int run_rm_space(const cli_opts *o);
 static int run_list_spaces(const cli_opts *o);
 static int run_describe_space(const cli_opts *o);
+static int run_status(const cli_opts *o);
+static int run_rm_coordinator(const cli_opts *o);
 static int run_shell(const cli_opts *o);
 
 static const cli_cmd commands[] = {
@@ -87,6 +105,11 @@ static const cli_cmd commands[] = {
     {"rm-space", "NAME", "remove a space and all its objects", run_rm_space},
     {"list-spaces", "", "print the name of every space", run_list_spaces},
     {"describe-space", "NAME", "print a space's description", run_describe_space},
+    {"status", "[--json] [--stale]",
+     "print the cluster's coordinators, daemons, spaces and settings (ask a coordinator)",
+     run_status, KEEL_DEFAULT_COORDINATOR_PORT},
+    {"rm-coordinator", "ID", "remove coordinator ID from the cluster (ask a coordinator)",
+     run_rm_coordinator, KEEL_DEFAULT_COORDINATOR_PORT},
     {"shell", "", "interactive shell; reads commands from stdin when it is not a terminal",
      run_shell},
 };
@@ -128,6 +151,18 @@ static void command_usage(FILE *f, const cli_cmd *cmd)
             cmd->args);
 }
 
+static int default_port(const cli_cmd *cmd)
+{
+    return cmd->port ? cmd->port : KEEL_DEFAULT_PORT;
+}
+
+/* True for the subcommands retried after -TRYAGAIN (invariant 5). */
+static int is_retried(const cli_cmd *cmd)
+{
+    return cmd->run == run_status || cmd->run == run_rm_coordinator || cmd->run == run_add_space ||
+           cmd->run == run_rm_space;
+}
+
 static void command_help(const cli_cmd *cmd)
 {
     command_usage(stdout, cmd);
@@ -135,10 +170,18 @@ static void command_help(const cli_cmd *cmd)
            "  -h, --host HOST   server address (default %s)\n"
            "  -p, --port PORT   server port (default %d)\n"
            "      --help        print this help\n",
-           cmd->help, DEFAULT_HOST, KEEL_DEFAULT_PORT);
+           cmd->help, DEFAULT_HOST, default_port(cmd));
     if (strcmp(cmd->name, "search") == 0) printf("      --limit N     print at most N objects\n");
     if (strcmp(cmd->name, "add-space") == 0)
         printf("  -e, --expr TEXT   the description itself instead of a file\n");
+    if (cmd->run == run_status)
+        printf("      --json        print the coordinator's JSON document as received\n"
+               "      --stale       let any coordinator answer from its own copy of the\n"
+               "                    map, which may be stale (works without a leader)\n");
+    if (is_retried(cmd))
+        printf("\nWhile the coordinators elect a leader (-TRYAGAIN) the command is retried\n"
+               "for up to %d s, following \"leader is HOST:PORT\" when the error names it.\n",
+               RETRY_TOTAL_MS / 1000);
     printf("\nExit status: 0 ok, 1 error from the server%s, 2 usage error, 3 cannot "
            "connect.\n",
            strcmp(cmd->name, "get") == 0 ? " or not found" : "");
@@ -207,9 +250,10 @@ int cli_main(int argc, char **argv)
         return EXIT_USAGE;
     }
     const cli_cmd *cmd = find_command(argv[0]);
-    cli_opts o = {.host = DEFAULT_HOST, .port = KEEL_DEFAULT_PORT};
+    cli_opts o = {.host = DEFAULT_HOST, .port = default_port(cmd)};
     int is_search = strcmp(cmd->name, "search") == 0;
     int is_add = strcmp(cmd->name, "add-space") == 0;
+    int is_status = cmd->run == run_status;
     int i = 1;
     for (; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
@@ -235,6 +279,10 @@ int cli_main(int argc, char **argv)
         } else if (is_search && (m = take_value(argc, argv, &i, NULL, "limit", &v)) != 0) {
             if (m < 0 || parse_u64(v, &o.limit) < 0)
                 return usage_error(cmd, "--limit needs a number");
+        } else if (is_status && strcmp(a, "--json") == 0) {
+            o.json = 1;
+        } else if (is_status && strcmp(a, "--stale") == 0) {
+            o.stale = 1;
         } else {
             return usage_error(cmd, "unknown option '%s'", a);
         }
@@ -259,42 +307,61 @@ static int needs_quotes(const char *s, size_t n)
     return 0;
 }
 
-/* Prints s[0, n) in double quotes with C escapes. */
-static void print_quoted(FILE *f, const char *s, size_t n)
+/* Appends s[0, n) to b in double quotes with C escapes. */
+static void quote_into(buf *b, const char *s, size_t n)
 {
-    fputc('"', f);
+    buf_putc(b, '"');
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         switch (ch) {
         case '"':
-            fputs("\\\"", f);
+            buf_puts(b, "\\\"");
             break;
         case '\\':
-            fputs("\\\\", f);
+            buf_puts(b, "\\\\");
             break;
         case '\n':
-            fputs("\\n", f);
+            buf_puts(b, "\\n");
             break;
         case '\r':
-            fputs("\\r", f);
+            buf_puts(b, "\\r");
             break;
         case '\t':
-            fputs("\\t", f);
+            buf_puts(b, "\\t");
             break;
         case '\a':
-            fputs("\\a", f);
+            buf_puts(b, "\\a");
             break;
         case '\b':
-            fputs("\\b", f);
+            buf_puts(b, "\\b");
             break;
         default:
             if (ch < ' ' || ch >= 0x7f)
-                fprintf(f, "\\x%02x", ch);
+                buf_printf(b, "\\x%02x", ch);
             else
-                fputc(ch, f);
+                buf_putc(b, (char)ch);
         }
     }
-    fputc('"', f);
+    buf_putc(b, '"');
+}
+
+/* Appends a value to b bare if that is unambiguous, else quoted (inv. 4). */
+static void value_into(buf *b, const char *s, size_t n)
+{
+    if (needs_quotes(s, n))
+        quote_into(b, s, n);
+    else
+        buf_append(b, s, n);
+}
+
+/* Prints s[0, n) in double quotes with C escapes. */
+static void print_quoted(FILE *f, const char *s, size_t n)
+{
+    buf b;
+    buf_init(&b);
+    quote_into(&b, s, n);
+    fwrite(b.data, 1, b.len, f);
+    buf_free(&b);
 }
 
 /* Prints a value bare if that is unambiguous, else quoted. */
@@ -355,6 +422,97 @@ static int finish(keel_client *c, int rc)
 static const cli_cmd *cmd_named(const char *name)
 {
     return find_command(name);
+}
+
+/* ---------------------------------------------------------------------------
+ * Retrying administrative commands (invariant 5)
+ * ------------------------------------------------------------------------- */
+
+/* One attempt of a retried command: issues the call on c and keeps any
+ * result in arg. Returns the libkeel status. */
+typedef int (*attempt_fn)(keel_client *c, void *arg);
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+/* Finds "leader is HOST:PORT" in a -TRYAGAIN line and stores HOST (without
+ * the brackets of an IPv6 address) and PORT. Returns 0, or -1 if the line
+ * names no usable address. */
+static int leader_hint(const char *msg, char *host, size_t hostcap, int *port)
+{
+    static const char mark[] = "leader is ";
+    const char *p = strstr(msg, mark);
+    if (!p) return -1;
+    p += sizeof mark - 1;
+    size_t n = strcspn(p, " \t\r\n");
+    const char *colon = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == ':') colon = p + i;
+    }
+    if (!colon) return -1;
+    const char *h = p, *hend = colon;
+    if (*h == '[' && hend > h + 1 && hend[-1] == ']') {
+        h++;
+        hend--;
+    }
+    size_t hl = (size_t)(hend - h);
+    size_t pl = (size_t)(p + n - colon - 1);
+    char portstr[8];
+    if (hl == 0 || hl >= hostcap || pl == 0 || pl >= sizeof portstr) return -1;
+    memcpy(portstr, colon + 1, pl);
+    portstr[pl] = '\0';
+    if (parse_port(portstr, port) < 0) return -1;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    return 0;
+}
+
+/* Connects to o's address and runs fn, again after -TRYAGAIN with a growing
+ * pause for at most RETRY_TOTAL_MS, moving to the leader an error names.
+ * Reports any failure (the last one, after retries) and returns the exit
+ * status; on EXIT_OK fn's result is in arg. */
+static int run_retrying(const cli_opts *o, attempt_fn fn, void *arg)
+{
+    keel_client *c = cli_connect(o);
+    if (!c) return EXIT_CONN;
+    char host[256];
+    snprintf(host, sizeof host, "%s", o->host);
+    int port = o->port;
+    int64_t deadline = mono_ms() + RETRY_TOTAL_MS;
+    int64_t pause = RETRY_FIRST_MS;
+    for (;;) {
+        int rc = fn(c, arg);
+        int64_t left = deadline - mono_ms();
+        if (rc != KEEL_ERR_TRYAGAIN || left <= 0) return finish(c, rc);
+        char lhost[256];
+        int lport = 0;
+        int moved = leader_hint(keel_client_errmsg(c), lhost, sizeof lhost, &lport) == 0 &&
+                    (strcmp(lhost, host) != 0 || lport != port);
+        sleep_ms(pause < left ? pause : left);
+        pause = pause * 2 < RETRY_MAX_MS ? pause * 2 : RETRY_MAX_MS;
+        if (!moved) continue;
+        /* A leader we cannot reach from here: stay where we are. */
+        keel_client *n = NULL;
+        if (keel_client_connect(lhost, lport, CLI_TIMEOUT_MS, &n) == KEEL_OK) {
+            keel_client_close(c);
+            c = n;
+            snprintf(host, sizeof host, "%s", lhost);
+            port = lport;
+        } else {
+            keel_client_close(n);
+        }
+    }
 }
 
 static int run_put(const cli_opts *o)
@@ -543,6 +701,11 @@ static char *read_all(FILE *f)
     return s;
 }
 
+static int attempt_add_space(keel_client *c, void *text)
+{
+    return keel_space_add(c, text);
+}
+
 static int run_add_space(const cli_opts *o)
 {
     const cli_cmd *cmd = cmd_named("add-space");
@@ -577,22 +740,20 @@ static int run_add_space(const cli_opts *o)
         fprintf(stderr, "keel: out of memory\n");
         return EXIT_FAIL;
     }
-    keel_client *c = cli_connect(o);
-    if (!c) {
-        free(text);
-        return EXIT_CONN;
-    }
-    int rc = keel_space_add(c, text);
+    int code = run_retrying(o, attempt_add_space, text);
     free(text);
-    return finish(c, rc);
+    return code;
+}
+
+static int attempt_rm_space(keel_client *c, void *name)
+{
+    return keel_space_drop(c, name);
 }
 
 static int run_rm_space(const cli_opts *o)
 {
     if (o->npos != 1) return usage_error(cmd_named("rm-space"), "needs exactly one NAME");
-    keel_client *c = cli_connect(o);
-    if (!c) return EXIT_CONN;
-    return finish(c, keel_space_drop(c, o->pos[0]));
+    return run_retrying(o, attempt_rm_space, o->pos[0]);
 }
 
 static int run_list_spaces(const cli_opts *o)
@@ -627,6 +788,352 @@ static int run_describe_space(const cli_opts *o)
         keel_free(text);
     }
     return finish(c, rc);
+}
+
+/* ---------------------------------------------------------------------------
+ * Cluster administration: status, rm-coordinator
+ * ------------------------------------------------------------------------- */
+
+/* A text table: an optional header row and rows of ncols cells, printed
+ * with each column as wide as its widest cell. Cells hold only printable
+ * ASCII (server text goes through value_into), so a byte is a column. */
+typedef struct table {
+    int ncols;
+    const char *const *head; /* ncols titles, or NULL: no header row */
+    buf text;                /* every cell, NUL-terminated, row by row */
+    buf offs;                /* the offset in text of each cell (size_t) */
+    size_t ncells;
+} table;
+
+static void table_init(table *t, int ncols, const char *const *head)
+{
+    memset(t, 0, sizeof *t);
+    t->ncols = ncols;
+    t->head = head;
+    buf_init(&t->text);
+    buf_init(&t->offs);
+}
+
+static void table_free(table *t)
+{
+    buf_free(&t->text);
+    buf_free(&t->offs);
+}
+
+/* A cell is the bytes appended to t->text between cell_begin and cell_end. */
+static void cell_begin(table *t)
+{
+    size_t off = t->text.len;
+    buf_append(&t->offs, &off, sizeof off);
+}
+
+static void cell_end(table *t)
+{
+    buf_putc(&t->text, '\0');
+    t->ncells++;
+}
+
+static void cell_str(table *t, const char *s)
+{
+    cell_begin(t);
+    buf_puts(&t->text, s);
+    cell_end(t);
+}
+
+/* A cell showing a JSON value: "-" when absent or null, yes/no for
+ * booleans, numbers as written, strings bare or quoted (invariant 4). */
+static void cell_json(table *t, const json_value *v)
+{
+    cell_begin(t);
+    if (!v || v->type == JSON_NULL)
+        buf_putc(&t->text, '-');
+    else if (v->type == JSON_TRUE || v->type == JSON_FALSE)
+        buf_puts(&t->text, v->type == JSON_TRUE ? "yes" : "no");
+    else if (v->type == JSON_NUMBER && v->is_int)
+        buf_printf(&t->text, "%lld", (long long)v->integer);
+    else if (v->type == JSON_NUMBER)
+        buf_printf(&t->text, "%.17g", v->number);
+    else if (v->type == JSON_STRING)
+        value_into(&t->text, v->str, v->len);
+    else
+        buf_puts(&t->text, v->type == JSON_ARRAY ? "[...]" : "{...}");
+    cell_end(t);
+}
+
+static const char *table_cell(const table *t, size_t i)
+{
+    size_t off;
+    memcpy(&off, t->offs.data + i * sizeof off, sizeof off);
+    return t->text.data + off;
+}
+
+/* Prints t, every line indented by `indent` spaces, columns two spaces
+ * apart, no trailing blanks. */
+static void table_print(const table *t, int indent)
+{
+    size_t width[TABLE_MAX_COLS] = {0};
+    int nc = t->ncols;
+    for (int c = 0; c < nc && t->head; c++)
+        width[c] = strlen(t->head[c]);
+    for (size_t i = 0; i < t->ncells; i++) {
+        size_t w = strlen(table_cell(t, i));
+        if (w > width[i % (size_t)nc]) width[i % (size_t)nc] = w;
+    }
+    size_t rows = t->ncells / (size_t)nc;
+    for (size_t r = t->head ? 0 : 1; r <= rows; r++) {
+        printf("%*s", indent, "");
+        for (int c = 0; c < nc; c++) {
+            const char *cell =
+                r == 0 ? t->head[c] : table_cell(t, (r - 1) * (size_t)nc + (size_t)c);
+            if (c + 1 < nc)
+                printf("%-*s  ", (int)width[c], cell);
+            else
+                printf("%s\n", cell);
+        }
+    }
+}
+
+/* Appends "12s ago", "5m03s ago", "2h07m ago", "3d04h ago" (or "in 3s" for
+ * a time ahead of this machine's clock). */
+static void age_into(buf *b, int64_t secs)
+{
+    uint64_t s = secs < 0 ? (uint64_t)0 - (uint64_t)secs : (uint64_t)secs;
+    char span[48];
+    if (s < 60)
+        snprintf(span, sizeof span, "%llus", (unsigned long long)s);
+    else if (s < 3600)
+        snprintf(span, sizeof span, "%llum%02llus", (unsigned long long)(s / 60),
+                 (unsigned long long)(s % 60));
+    else if (s < 86400)
+        snprintf(span, sizeof span, "%lluh%02llum", (unsigned long long)(s / 3600),
+                 (unsigned long long)(s % 3600 / 60));
+    else
+        snprintf(span, sizeof span, "%llud%02lluh", (unsigned long long)(s / 86400),
+                 (unsigned long long)(s % 86400 / 3600));
+    buf_printf(b, secs < 0 ? "in %s" : "%s ago", span);
+}
+
+/* A cell for a wall-clock time in ms since the epoch: local time and how
+ * long ago, e.g. "2026-11-20 14:05:07 (12s ago)". */
+static void cell_since(table *t, const json_value *v)
+{
+    if (!v || v->type != JSON_NUMBER || !v->is_int || v->integer <= 0) {
+        cell_json(t, v);
+        return;
+    }
+    int64_t ms = v->integer;
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    char when[64];
+    if (!localtime_r(&secs, &tm) || strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm) == 0) {
+        cell_json(t, v);
+        return;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    cell_begin(t);
+    buf_printf(&t->text, "%s (", when);
+    age_into(&t->text, (now_ms - ms) / 1000);
+    buf_putc(&t->text, ')');
+    cell_end(t);
+}
+
+/* The list under name in root, or NULL when absent or not an array. */
+static const json_value *list_of(const json_value *root, const char *name)
+{
+    const json_value *v = json_get(root, name);
+    return v && v->type == JSON_ARRAY ? v : NULL;
+}
+
+/* Prints a section title, then t or "(none)". */
+static void print_section(const char *title, const table *t, size_t n)
+{
+    printf("\n%s (%zu)\n", title, n);
+    if (n)
+        table_print(t, 2);
+    else
+        printf("  (none)\n");
+}
+
+static void print_summary(const json_value *root)
+{
+    table t;
+    table_init(&t, 2, NULL);
+    cell_str(&t, "cluster");
+    cell_json(&t, json_get(root, "cluster_id"));
+    cell_str(&t, "map version");
+    cell_json(&t, json_get(root, "map_version"));
+    cell_str(&t, "term");
+    cell_json(&t, json_get(root, "term"));
+    cell_str(&t, "leader");
+    const json_value *leader = json_get(root, "leader");
+    if (!leader || leader->type != JSON_NUMBER || !leader->is_int || leader->integer <= 0) {
+        cell_str(&t, "none (no leader known)");
+    } else {
+        /* The leader's id and, when listed, its address. */
+        const json_value *coords = list_of(root, "coordinators"), *addr = NULL;
+        for (const json_value *e = coords ? coords->child : NULL; e && !addr; e = e->next) {
+            const json_value *id = json_get(e, "id");
+            if (id && id->type == JSON_NUMBER && id->is_int && id->integer == leader->integer)
+                addr = json_get(e, "address");
+        }
+        cell_begin(&t);
+        buf_printf(&t.text, "%lld", (long long)leader->integer);
+        if (addr && addr->type == JSON_STRING) {
+            buf_puts(&t.text, " (");
+            value_into(&t.text, addr->str, addr->len);
+            buf_putc(&t.text, ')');
+        }
+        cell_end(&t);
+    }
+    cell_str(&t, "commit index");
+    cell_json(&t, json_get(root, "commit_index"));
+    table_print(&t, 0);
+    table_free(&t);
+}
+
+static void print_coordinators(const json_value *list)
+{
+    static const char *const head[] = {"ID", "ADDRESS", "ROLE", "VOTER", "MATCH", "REACHABLE"};
+    table t;
+    table_init(&t, 6, head);
+    for (const json_value *e = list ? list->child : NULL; e; e = e->next) {
+        cell_json(&t, json_get(e, "id"));
+        cell_json(&t, json_get(e, "address"));
+        cell_json(&t, json_get(e, "role"));
+        cell_json(&t, json_get(e, "voter"));
+        cell_json(&t, json_get(e, "match_index"));
+        cell_json(&t, json_get(e, "reachable"));
+    }
+    print_section("coordinators", &t, list ? list->count : 0);
+    table_free(&t);
+}
+
+static void print_daemons(const json_value *list)
+{
+    static const char *const head[] = {"ID", "ADDRESS", "STATE", "SINCE"};
+    table t;
+    table_init(&t, 4, head);
+    for (const json_value *e = list ? list->child : NULL; e; e = e->next) {
+        cell_json(&t, json_get(e, "id"));
+        cell_json(&t, json_get(e, "address"));
+        cell_json(&t, json_get(e, "state"));
+        cell_since(&t, json_get(e, "since_ms"));
+    }
+    print_section("daemons", &t, list ? list->count : 0);
+    table_free(&t);
+}
+
+static void print_spaces(const json_value *list)
+{
+    static const char *const head[] = {"NAME",      "PARTITIONS", "TOLERATE",
+                                       "PROTECTED", "DEGRADED",   "UNAVAILABLE"};
+    table t;
+    table_init(&t, 6, head);
+    for (const json_value *e = list ? list->child : NULL; e; e = e->next) {
+        const json_value *health = json_get(e, "health");
+        cell_json(&t, json_get(e, "name"));
+        cell_json(&t, json_get(e, "partitions"));
+        cell_json(&t, json_get(e, "tolerate"));
+        cell_json(&t, json_get(health, "PROTECTED"));
+        cell_json(&t, json_get(health, "DEGRADED"));
+        cell_json(&t, json_get(health, "UNAVAILABLE"));
+    }
+    print_section("spaces", &t, list ? list->count : 0);
+    table_free(&t);
+}
+
+static void print_settings(const json_value *settings)
+{
+    table t;
+    table_init(&t, 2, NULL);
+    size_t n = 0;
+    if (settings && settings->type == JSON_OBJECT) {
+        for (const json_value *m = settings->child; m; m = m->next, n++) {
+            cell_begin(&t);
+            value_into(&t.text, m->key, m->key_len);
+            cell_end(&t);
+            cell_json(&t, m);
+        }
+    }
+    printf("\nsettings\n");
+    if (n)
+        table_print(&t, 2);
+    else
+        printf("  (none)\n");
+    table_free(&t);
+}
+
+/* Prints the CLUSTER.STATUS document as tables. Returns the exit status: a
+ * reply that is not a JSON object is an error (1). */
+static int print_status(const char *text, size_t len)
+{
+    json_doc *doc = NULL;
+    json_error err;
+    if (json_parse(text, len, NULL, &doc, &err) != JSON_OK) {
+        fprintf(stderr, "keel: the CLUSTER.STATUS reply is not valid JSON: byte %zu: %s\n",
+                err.offset, err.msg);
+        return EXIT_FAIL;
+    }
+    const json_value *root = json_root(doc);
+    if (root->type != JSON_OBJECT) {
+        fprintf(stderr, "keel: the CLUSTER.STATUS reply is a JSON %s, not an object\n",
+                json_type_name(root->type));
+        json_free(doc);
+        return EXIT_FAIL;
+    }
+    print_summary(root);
+    print_coordinators(list_of(root, "coordinators"));
+    print_daemons(list_of(root, "daemons"));
+    print_spaces(list_of(root, "spaces"));
+    print_settings(json_get(root, "settings"));
+    json_free(doc);
+    return EXIT_OK;
+}
+
+/* The request and result of one `keel status`. */
+typedef struct status_call {
+    int stale;  /* send STALE */
+    char *json; /* the reply, once an attempt succeeded (keel_free) */
+} status_call;
+
+static int attempt_status(keel_client *c, void *arg)
+{
+    status_call *sc = arg;
+    return keel_cluster_status(c, sc->stale, &sc->json);
+}
+
+static int run_status(const cli_opts *o)
+{
+    if (o->npos != 0) return usage_error(cmd_named("status"), "takes no arguments");
+    status_call sc = {.stale = o->stale};
+    int code = run_retrying(o, attempt_status, &sc);
+    if (code != EXIT_OK) return code;
+    size_t len = strlen(sc.json);
+    if (o->json) {
+        fputs(sc.json, stdout);
+        if (len == 0 || sc.json[len - 1] != '\n') putchar('\n');
+    } else {
+        code = print_status(sc.json, len);
+    }
+    keel_free(sc.json);
+    return code;
+}
+
+static int attempt_rm_coordinator(keel_client *c, void *id)
+{
+    return keel_coordinator_remove(c, *(const uint64_t *)id);
+}
+
+static int run_rm_coordinator(const cli_opts *o)
+{
+    const cli_cmd *cmd = cmd_named("rm-coordinator");
+    if (o->npos != 1) return usage_error(cmd, "needs exactly one ID");
+    uint64_t id = 0;
+    if (parse_u64(o->pos[0], &id) < 0 || id == 0)
+        return usage_error(cmd, "bad coordinator id '%s' (a number from 1)", o->pos[0]);
+    return run_retrying(o, attempt_rm_coordinator, &id);
 }
 
 /* ---------------------------------------------------------------------------
@@ -904,7 +1411,8 @@ static void shell_help(void)
            "  SEARCH space [attr op value]... [LIMIT n]\n"
            "  COUNT space [attr op value]...\n"
            "  SPACE.ADD \"description\"  SPACE.DROP name  SPACE.LIST  SPACE.DESCRIBE name\n"
-           "  CLUSTER.STATUS  CLUSTER.MAP  CLUSTER.CONFIG GET|SET name [value]\n"
+           "  CLUSTER.STATUS [STALE]  CLUSTER.MAP  CLUSTER.CONFIG GET|SET name [value]\n"
+           "  COORD.REMOVE id                        remove a coordinator\n"
            "  PING  ECHO message  INFO [section]\n"
            "\n"
            "  help                                   this text\n"

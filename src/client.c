@@ -1166,6 +1166,25 @@ err_nomem:
     return KEEL_ERR_NOMEM;
 }
 
+/* Sends a.v, expects a bulk reply and hands it out as a NUL-terminated copy
+ * in *text (the caller frees it with keel_free). Frees a. */
+static int call_text(keel_client *c, args *a, const char *cmd, const char *what, char **text)
+{
+    resp_reply *r = NULL;
+    int rc = call(c, a, &r);
+    args_free(a);
+    if (rc != KEEL_OK) return rc;
+    if (r->type != RESP_R_BULK) return bad_shape(c, r, cmd);
+    char *s = dup_bytes(r->str, r->len);
+    resp_reply_free(r);
+    if (!s) {
+        err_set(c, "out of memory copying the %s", what);
+        return KEEL_ERR_NOMEM;
+    }
+    *text = s;
+    return KEEL_OK;
+}
+
 KEEL_API int keel_space_describe(keel_client *c, const char *name, char **text)
 {
     if (!c) return KEEL_ERR_INVALID;
@@ -1182,19 +1201,38 @@ KEEL_API int keel_space_describe(keel_client *c, const char *name, char **text)
         args_free(&a);
         return build_failed(c, rc);
     }
-    resp_reply *r = NULL;
-    rc = call(c, &a, &r);
-    args_free(&a);
+    return call_text(c, &a, "SPACE.DESCRIBE", "description", text);
+}
+
+/* ---------------------------------------------------------------------------
+ * Cluster administration
+ * ------------------------------------------------------------------------- */
+
+KEEL_API int keel_cluster_status(keel_client *c, int stale, char **json)
+{
+    if (!c) return KEEL_ERR_INVALID;
+    int rc = enter(c, 1);
     if (rc != KEEL_OK) return rc;
-    if (r->type != RESP_R_BULK) return bad_shape(c, r, "SPACE.DESCRIBE");
-    char *s = dup_bytes(r->str, r->len);
-    resp_reply_free(r);
-    if (!s) {
-        err_set(c, "out of memory copying the description");
-        return KEEL_ERR_NOMEM;
+    if (!json) {
+        err_set(c, "json is NULL");
+        return KEEL_ERR_INVALID;
     }
-    *text = s;
-    return KEEL_OK;
+    args a = {0};
+    rc = args_push_str(&a, "CLUSTER.STATUS");
+    if (rc == KEEL_OK && stale) rc = args_push_str(&a, "STALE");
+    if (rc != KEEL_OK) {
+        args_free(&a);
+        return build_failed(c, rc);
+    }
+    return call_text(c, &a, "CLUSTER.STATUS", "cluster status", json);
+}
+
+KEEL_API int keel_coordinator_remove(keel_client *c, uint64_t id)
+{
+    if (!c) return KEEL_ERR_INVALID;
+    char num[24];
+    snprintf(num, sizeof num, "%" PRIu64, id);
+    return simple_status(c, "COORD.REMOVE", num, "id");
 }
 
 /* ---------------------------------------------------------------------------

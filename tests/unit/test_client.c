@@ -558,6 +558,89 @@ static void test_spaces(void **state)
 }
 
 /* ---------------------------------------------------------------------------
+ * Cluster administration
+ * ------------------------------------------------------------------------- */
+
+static void test_cluster_status(void **state)
+{
+    (void)state;
+    static const char doc[] = "{\"cluster_id\": \"9f2c\", \"leader\": 1}";
+    static const step steps[] = {
+        {{"$35\r\n", doc, "\r\n"}},
+        {{"$35\r\n", doc, "\r\n"}},
+        {{"-TRYAGAIN leader is 127.0.0.1:1983 (unreachable from here)\r\n"}},
+        {{"-NOQUORUM no coordinator majority\r\n"}},
+        {{"-ERR unknown command 'CLUSTER.STATUS'\r\n"}},
+        {{"$0\r\n\r\n"}},
+        {{"+PONG\r\n"}},
+    };
+    assert_int_equal(strlen(doc), 35);
+    fake f;
+    fake_start(&f, steps, 7);
+    keel_client *c = connect_to(&f, 2000);
+    char *json = NULL;
+    assert_int_equal(keel_cluster_status(c, 0, &json), KEEL_OK);
+    assert_string_equal(json, doc);
+    keel_free(json);
+    json = NULL;
+    assert_int_equal(keel_cluster_status(c, 1, &json), KEEL_OK);
+    assert_string_equal(json, doc);
+    keel_free(json);
+    /* Server errors leave the output alone and the connection usable. */
+    json = NULL;
+    assert_int_equal(keel_cluster_status(c, 0, &json), KEEL_ERR_TRYAGAIN);
+    assert_string_equal(keel_client_errmsg(c),
+                        "TRYAGAIN leader is 127.0.0.1:1983 (unreachable from here)");
+    assert_null(json);
+    assert_int_equal(keel_cluster_status(c, 0, &json), KEEL_ERR_NOQUORUM);
+    assert_int_equal(keel_cluster_status(c, 0, &json), KEEL_ERR_SERVER);
+    assert_string_equal(keel_client_errmsg(c), "ERR unknown command 'CLUSTER.STATUS'");
+    assert_null(json);
+    /* An empty document is still handed out (the caller judges it). */
+    assert_int_equal(keel_cluster_status(c, 0, &json), KEEL_OK);
+    assert_string_equal(json, "");
+    keel_free(json);
+    assert_int_equal(keel_cluster_status(c, 0, NULL), KEEL_ERR_INVALID);
+    assert_int_equal(keel_cluster_status(NULL, 0, &json), KEEL_ERR_INVALID);
+    assert_int_equal(keel_ping(c), KEEL_OK);
+    keel_client_close(c);
+    fake_stop(&f);
+    assert_int_equal(f.nlog, 7);
+    assert_string_equal(f.log[0], "CLUSTER.STATUS");
+    assert_string_equal(f.log[1], "CLUSTER.STATUS|STALE");
+    assert_string_equal(f.log[2], "CLUSTER.STATUS");
+    assert_string_equal(f.log[6], "PING");
+}
+
+static void test_coordinator_remove(void **state)
+{
+    (void)state;
+    static const step steps[] = {
+        {{"+OK\r\n"}},
+        {{"-ERR removing coordinator 2 would leave 1 reachable voter of 3\r\n"}},
+        {{"-TRYAGAIN no leader yet (election in progress)\r\n"}},
+        {{"+OK\r\n"}},
+    };
+    fake f;
+    fake_start(&f, steps, 4);
+    keel_client *c = connect_to(&f, 2000);
+    assert_int_equal(keel_coordinator_remove(c, 3), KEEL_OK);
+    assert_string_equal(keel_client_errmsg(c), "");
+    assert_int_equal(keel_coordinator_remove(c, 2), KEEL_ERR_SERVER);
+    assert_string_equal(keel_client_errmsg(c),
+                        "ERR removing coordinator 2 would leave 1 reachable voter of 3");
+    assert_int_equal(keel_coordinator_remove(c, 2), KEEL_ERR_TRYAGAIN);
+    assert_int_equal(keel_coordinator_remove(c, UINT64_MAX), KEEL_OK);
+    assert_int_equal(keel_coordinator_remove(NULL, 1), KEEL_ERR_INVALID);
+    keel_client_close(c);
+    fake_stop(&f);
+    assert_int_equal(f.nlog, 4);
+    assert_string_equal(f.log[0], "COORD.REMOVE|3");
+    assert_string_equal(f.log[1], "COORD.REMOVE|2");
+    assert_string_equal(f.log[3], "COORD.REMOVE|18446744073709551615");
+}
+
+/* ---------------------------------------------------------------------------
  * Generic commands
  * ------------------------------------------------------------------------- */
 
@@ -782,6 +865,9 @@ static void test_wrong_shape(void **state)
         {"*1\r\n:5\r\n", 5},                            /* SPACE.LIST of integers */
         {"$-1\r\n", 6},                                 /* SPACE.DESCRIBE wants a bulk */
         {"$2\r\nOK\r\n", 7},                            /* ADD wants an integer */
+        {"+OK\r\n", 8},                                 /* CLUSTER.STATUS wants a bulk */
+        {"*0\r\n", 8},                                  /* ... nor an array */
+        {"$2\r\nOK\r\n", 9},                            /* COORD.REMOVE wants a status */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         step steps[1] = {{{cases[i].reply}}};
@@ -818,6 +904,12 @@ static void test_wrong_shape(void **state)
             break;
         case 7:
             rc = keel_add(c, "kv", "k", 1, "n", 1, &v);
+            break;
+        case 8:
+            rc = keel_cluster_status(c, 0, &text);
+            break;
+        case 9:
+            rc = keel_coordinator_remove(c, 1);
             break;
         }
         assert_int_equal(rc, KEEL_ERR_PROTOCOL);
@@ -953,6 +1045,8 @@ int main(void)
         cmocka_unit_test(test_del_cput_add),
         cmocka_unit_test(test_search_count),
         cmocka_unit_test(test_spaces),
+        cmocka_unit_test(test_cluster_status),
+        cmocka_unit_test(test_coordinator_remove),
         cmocka_unit_test(test_command_nested),
         cmocka_unit_test(test_pipeline_order),
         cmocka_unit_test(test_pipeline_no_deadlock),
