@@ -78,11 +78,22 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libkeelcore.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libkeelcore.a -lcmocka $(LDLIBS)
 
-# libFuzzer targets need clang; they always build with ASan + UBSan.
-$(BUILD)/fuzz/%: fuzz/%.c $(CORE_SRC) $(wildcard src/*.h)
+# libFuzzer targets need clang; they always build with ASan + UBSan. The core
+# is compiled once for them (fuzzer-no-link) and each target links against it.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -Iinclude
+FUZZ_OBJ := $(patsubst src/%.c,$(BUILD)/fuzzobj/%.o,$(CORE_SRC))
+
+$(BUILD)/fuzzobj/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -Iinclude -fsanitize=fuzzer,address,undefined \
-	    -o $@ $< $(CORE_SRC) $(LDLIBS)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+
+$(BUILD)/libfuzzcore.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/fuzz/%: fuzz/%.c $(BUILD)/libfuzzcore.a
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(BUILD)/libfuzzcore.a $(LDLIBS)
 
 # The deterministic Raft simulator (tests/sim): exit 0 no violation, 1 a
 # violation (seed printed), anything else a crash or usage error.
