@@ -7,8 +7,9 @@
  *   1. Every argument is checked before connecting, so a usage error exits 2
  *      whether or not a server is running.
  *   2. Exit status: 0 success; 1 the server answered an error, the object was
- *      not found (get), or a local input (file) could not be read; 2 usage
- *      error; 3 cannot connect, or the connection was lost.
+ *      not found (get), a local input (file) could not be read, or a reply
+ *      could not be understood (protocol error, a status that is not a JSON
+ *      object); 2 usage error; 3 cannot connect, or the connection was lost.
  *   3. Results go to stdout, diagnostics to stderr. In the shell everything,
  *      error replies included, goes to stdout, as redis-cli does.
  *   4. Text from the server is printed so it cannot be mistaken: a value that

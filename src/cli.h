@@ -1,7 +1,8 @@
 /* cli: the `keel` command-line client subcommands, built on libkeel.
  *
- * `keel put|get|del|search|count|add-space|rm-space|list-spaces|shell
- *  [-h HOST] [-p PORT] ...` — main.c hands every such subcommand here.
+ * `keel put|get|del|search|count|add-space|rm-space|list-spaces|describe-space|
+ *       shell|status|rm-coordinator [-h HOST] [-p PORT] ...`
+ * — main.c hands every such subcommand here.
  */
 #ifndef KEEL_CLI_H
 #define KEEL_CLI_H

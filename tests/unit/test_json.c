@@ -361,12 +361,15 @@ static void test_syntax_errors(void **state)
         {"\"\\ud800\"", 1, "high surrogate"},
         {"\"\\ud800\\u0041\"", 1, "high surrogate"},
         {"\"\\ud800\\ud800\"", 1, "high surrogate"},
+        {"\"\\ud800\\ue000\"", 1, "high surrogate"},
         {"\"\\ud800x\"", 1, "high surrogate"},
         {"\"\\udc00\"", 1, "lone low surrogate"},
         {"\"a\tb\"", 2, "control character 0x09"},
         {"\"a\nb\"", 2, "control character 0x0a"},
+        {"\"a\x1f\"", 2, "control character 0x1f"},
         {"\"\xc0\xaf\"", 1, "invalid UTF-8"},         /* overlong '/' */
         {"\"\xe0\x80\xaf\"", 1, "invalid UTF-8"},     /* overlong, 3 bytes */
+        {"\"\xf0\x8f\xbf\xbf\"", 1, "invalid UTF-8"}, /* overlong, 4 bytes */
         {"\"\xed\xa0\x80\"", 1, "invalid UTF-8"},     /* UTF-8 encoded surrogate */
         {"\"\xf4\x90\x80\x80\"", 1, "invalid UTF-8"}, /* above U+10FFFF */
         {"\"\xf5\x80\x80\x80\"", 1, "invalid UTF-8"},
