@@ -54,8 +54,8 @@
 #include "rclient.h"
 #include "resp.h"
 #include "rstore.h"
+#include "version.h"
 
-#define KEEL_VERSION "0.1.0"
 #define COMPACT_EVERY 10000 /* default: entries past the snapshot before compacting */
 #define FORWARD_TIMEOUT_MS 5000
 

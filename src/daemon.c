@@ -7,18 +7,22 @@
  * connection per coordinator address (rclient.c, made lazily), and the
  * timers. The daemon moves through these phases:
  *
- *     REGISTERING --on_register ok--> RUNNING --heartbeat: OFFLINE--> REJOINING
- *          |   ^ (retry: backoff,          ^                              |
- *          |   |  redirect, next addr)     +------on_register ok----------+
- *          |   +---- start_register
- *          +--refused (on_register)--> exit 1
- *     any --signal (begin_shutdown)--> STOPPING --DAEMON.SHUTDOWN answered,
- *                                                 or 2 s (on_shutdown_timer)--> DONE
+ *     REGISTERING --on_register: ok--> RUNNING --on_heartbeat: OFFLINE--> REJOINING
+ *       |    ^                            ^                                |
+ *       |    +-- on_register: no answer,  +------- on_register: ok --------+
+ *       |        TRYAGAIN (redirect at once, else next address after
+ *       |        a backoff: register_retry, schedule_register)
+ *       +-- on_register: refused (refuse) --> STOPPING --> DONE, exit 1
+ *     any --signal (begin_shutdown)--> STOPPING --DAEMON.SHUTDOWN answered
+ *                                      (on_shutdown), or 2 s (on_stop_timer)--> DONE
  *
  * REGISTERING sends DAEMON.REGISTER (with the stored id when DIR/identity
  * exists) until a coordinator answers; a new identity is written to disk
  * (synced) before the daemon goes on. RUNNING heartbeats every heartbeat_ms
- * (on_hb_timer); REJOINING registers again under the same id.
+ * (on_hb_timer); REJOINING registers again under the same id. The daemon
+ * learns the coordinators' client addresses from the REGISTER reply and from
+ * every newer map it fetches, and talks to the one it believes is the leader
+ * (daemon_coords: redirects move it there, failures to the next address).
  *
  * Invariants:
  *   1. The lease is extended only by an answered DAEMON.HEARTBEAT, to the
@@ -26,8 +30,9 @@
  *      and it is dropped at once when the coordinator says the daemon is
  *      OFFLINE.
  *   2. At most one heartbeat, one registration and one map fetch are in
- *      flight at a time; a request to a coordinator never waits longer than
- *      daemon_rpc_timeout_ms (half the ping timeout at most).
+ *      flight at a time. Once the settings are known, a request waits at most
+ *      daemon_rpc_timeout_ms (half the ping timeout at most): connections made
+ *      with another timeout are replaced as soon as they are idle.
  *   3. A coordinator slot's connection is replaced (for a new timeout) only
  *      when no request of ours is outstanding on it, so rclient_close never
  *      cancels a request we still count.
@@ -58,15 +63,15 @@
 #include "net.h"
 #include "proc.h"
 #include "rclient.h"
+#include "version.h"
 
-#define KEEL_VERSION "0.1.0"
 
-#define REGISTER_TIMEOUT_MS 2000u  /* per attempt, before the settings are known */
-#define BACKOFF_MIN_MS 100u        /* first retry after a failed registration */
+#define REGISTER_TIMEOUT_MS 2000u /* per attempt, before the settings are known */
+#define BACKOFF_MIN_MS 100u       /* first retry after a failed registration */
 #define BACKOFF_MAX_MS 2000u
-#define SHUTDOWN_WAIT_MS 2000u     /* how long DAEMON.SHUTDOWN may take */
-#define SHUTDOWN_RETRY_MS 150u  /* > RCLIENT_RETRY_MS, so a retry really reconnects */
-#define READY_WAIT_MS 10000u       /* a daemonised parent waits this long for registration */
+#define SHUTDOWN_WAIT_MS 2000u /* how long DAEMON.SHUTDOWN may take */
+#define SHUTDOWN_RETRY_MS 150u /* > RCLIENT_RETRY_MS, so a retry really reconnects */
+#define READY_WAIT_MS 10000u   /* a daemonised parent waits this long for registration */
 #define MAX_CONNS 10000
 
 /* ---- options ------------------------------------------------------------------ */
@@ -287,14 +292,13 @@ int daemon_identity_parse(const char *text, size_t len, daemon_identity *id, cha
                 return -1;
             }
             if (!parse_id(val, vlen, &v.daemon_id)) {
-                snprintf(err, errlen, "line %d: daemon_id must be a positive decimal number",
-                         line);
+                snprintf(err, errlen, "line %d: daemon_id must be a positive decimal number", line);
                 return -1;
             }
             have_daemon = true;
         } else {
-            snprintf(err, errlen, "line %d: unknown name '%.*s'", line, (int)(klen > 32 ? 32 : klen),
-                     s);
+            snprintf(err, errlen, "line %d: unknown name '%.*s'", line,
+                     (int)(klen > 32 ? 32 : klen), s);
             return -1;
         }
     }
@@ -332,8 +336,7 @@ int daemon_identity_load(const char *dir, daemon_identity *id, char *err, size_t
     }
     close(fd);
     if (len > DAEMON_IDENTITY_MAX) {
-        snprintf(err, errlen, "%.300s is corrupt: longer than %d bytes", path,
-                 DAEMON_IDENTITY_MAX);
+        snprintf(err, errlen, "%.300s is corrupt: longer than %d bytes", path, DAEMON_IDENTITY_MAX);
         return -1;
     }
     char why[160];
@@ -566,7 +569,8 @@ int daemon_parse_register_reply(const resp_reply *r, daemon_reg_reply *out, char
         return -1;
     }
     const resp_reply *cid = r->element[1];
-    if (!cid || cid->type != RESP_R_BULK || !parse_cluster_hex(cid->str, cid->len, &out->cluster_id)) {
+    if (!cid || cid->type != RESP_R_BULK ||
+        !parse_cluster_hex(cid->str, cid->len, &out->cluster_id)) {
         snprintf(err, errlen, "element 2 (cluster id) is not 16 hex digits");
         return -1;
     }
@@ -609,8 +613,9 @@ int daemon_parse_heartbeat_reply(const resp_reply *r, daemon_hb_reply *out, char
     if (!reply_uint(r->element[0], 0, UINT64_MAX >> 1, &v) ||
         !reply_uint(r->element[1], 1, DAEMON_MAX_HEARTBEAT_MS, &hb) ||
         !reply_uint(r->element[2], 1, DAEMON_MAX_PING_TIMEOUT_MS, &ping)) {
-        snprintf(err, errlen, "expected [map_version >= 0, heartbeat_ms in 1..%u, "
-                              "ping_timeout_ms in 1..%u]",
+        snprintf(err, errlen,
+                 "expected [map_version >= 0, heartbeat_ms in 1..%u, "
+                 "ping_timeout_ms in 1..%u]",
                  DAEMON_MAX_HEARTBEAT_MS, DAEMON_MAX_PING_TIMEOUT_MS);
         return -1;
     }
@@ -687,22 +692,22 @@ struct dstate {
     uv_loop_t loop;
     net_server *net;
     uv_signal_t sigs[3];
-    uv_timer_t hb_timer;       /* heartbeats, repeating every heartbeat_ms */
-    uv_timer_t lease_timer;    /* fires when the lease runs out */
-    uv_timer_t retry_timer;    /* the next registration or shutdown attempt */
-    uv_timer_t stop_timer;     /* the shutdown deadline; 0 ms: finish now */
-    uv_timer_t ready_timer;    /* a daemonised parent stops waiting */
-    int phase;                 /* enum phase */
+    uv_timer_t hb_timer;    /* heartbeats, repeating every heartbeat_ms */
+    uv_timer_t lease_timer; /* fires when the lease runs out */
+    uv_timer_t retry_timer; /* the next registration or shutdown attempt */
+    uv_timer_t stop_timer;  /* the shutdown deadline; 0 ms: finish now */
+    uv_timer_t ready_timer; /* a daemonised parent stops waiting */
+    int phase;              /* enum phase */
     int exit_status;
-    int ready_fd;              /* to a daemonised parent, -1 once reported */
+    int ready_fd; /* to a daemonised parent, -1 once reported */
     int lock_fd;
     uint64_t start_ms;
 
-    daemon_identity id;        /* 0s until known */
-    bool have_identity;        /* id came from disk or a registration */
-    uint32_t heartbeat_ms;     /* from the coordinator */
+    daemon_identity id;    /* 0s until known */
+    bool have_identity;    /* id came from disk or a registration */
+    uint32_t heartbeat_ms; /* from the coordinator */
     uint32_t ping_timeout_ms;
-    unsigned rpc_timeout_ms;   /* for coordinator connections */
+    unsigned rpc_timeout_ms; /* for coordinator connections */
 
     daemon_coords coords;
     rclient *rc[DAEMON_MAX_COORDS];
@@ -710,18 +715,19 @@ struct dstate {
     unsigned inflight[DAEMON_MAX_COORDS]; /* our requests awaiting callbacks */
 
     bool reg_inflight, hb_inflight, map_inflight, shutdown_inflight;
-    unsigned backoff_ms;       /* next registration retry delay */
-    unsigned redirects;        /* consecutive redirects followed at once */
-    bool shutdown_waiting;     /* DAEMON.SHUTDOWN sent, the deadline runs */
+    unsigned backoff_ms;   /* next registration retry delay */
+    unsigned redirects;    /* consecutive redirects followed at once */
+    bool shutdown_waiting; /* DAEMON.SHUTDOWN sent, the deadline runs */
     bool shutdown_confirmed;
+    unsigned shutdown_failures;
 
     daemon_lease lease;
-    bool lease_held;           /* lease_acquired logged, lease_lost not yet */
+    bool lease_held; /* lease_acquired logged, lease_lost not yet */
     unsigned long long hb_ok, hb_failed;
-    unsigned fail_streak;      /* consecutive heartbeat failures */
+    unsigned fail_streak; /* consecutive heartbeat failures */
 
-    cmap *map;                 /* cached map, NULL until fetched */
-    buf map_bytes;             /* its encoding as served by the coordinator */
+    cmap *map;     /* cached map, NULL until fetched */
+    buf map_bytes; /* its encoding as served by the coordinator */
 };
 
 static uint64_t wall_ms(void)
@@ -749,8 +755,10 @@ static void request_finish(dstate *d, int status);
 static void report_ready(dstate *d, bool ok, const char *msg)
 {
     if (d->ready_fd < 0) return;
-    if (ok) proc_ready(&d->ready_fd);
-    else proc_failed(&d->ready_fd, msg);
+    if (ok)
+        proc_ready(&d->ready_fd);
+    else
+        proc_failed(&d->ready_fd, msg);
     uv_timer_stop(&d->ready_timer);
 }
 
@@ -901,7 +909,6 @@ static void refuse(dstate *d, const char *msg)
     char line[400];
     snprintf(line, sizeof line, "registration refused by the coordinator: %s", msg);
     report_ready(d, false, line);
-    d->exit_status = 1;
     request_finish(d, 1);
 }
 
@@ -954,14 +961,13 @@ static void on_register(dstate *d, rq *q, const resp_reply *r, int status)
         }
     }
     daemon_reg_reply rep;
-    char err[200];
+    char err[600];
     if (daemon_parse_register_reply(r, &rep, err, sizeof err)) {
         log_warn("malformed DAEMON.REGISTER reply from %s: %s", coord_name(d, q->coord), err);
         register_retry(d, q->coord, "malformed reply");
         return;
     }
-    if (d->have_identity &&
-        (rep.id != d->id.daemon_id || rep.cluster_id != d->id.cluster_id)) {
+    if (d->have_identity && (rep.id != d->id.daemon_id || rep.cluster_id != d->id.cluster_id)) {
         char msg[300];
         snprintf(msg, sizeof msg,
                  "asked to rejoin as daemon %llu of cluster %016llx, the coordinator answered "
@@ -977,10 +983,9 @@ static void on_register(dstate *d, rq *q, const resp_reply *r, int status)
         if (daemon_identity_store(d->o.dir, &id, err, sizeof err)) {
             log_error("cannot record identity (daemon %llu of cluster %016llx): %s",
                       (unsigned long long)rep.id, (unsigned long long)rep.cluster_id, err);
-            char line[300];
+            char line[700];
             snprintf(line, sizeof line, "cannot record identity: %s", err);
             report_ready(d, false, line);
-            d->exit_status = 1;
             request_finish(d, 1);
             return;
         }
@@ -1062,8 +1067,10 @@ static void on_heartbeat(dstate *d, rq *q, const resp_reply *r, int status)
         switch (daemon_classify_error(r->str, &leader)) {
         case DAEMON_E_REDIRECT:
             daemon_coords_redirect(&d->coords, &leader);
-            if (++d->redirects <= 2 * d->coords.n + 1) send_heartbeat(d);
-            else heartbeat_failed(d, q->coord, r->str, false); /* next tick tries again */
+            if (++d->redirects <= 2 * d->coords.n + 1)
+                send_heartbeat(d);
+            else
+                heartbeat_failed(d, q->coord, r->str, false); /* next tick tries again */
             return;
         case DAEMON_E_OFFLINE:
             d->hb_failed++;
@@ -1107,8 +1114,8 @@ static void on_heartbeat(dstate *d, rq *q, const resp_reply *r, int status)
                        (unsigned long long)d->id.daemon_id, coord_name(d, q->coord),
                        (unsigned long long)daemon_lease_ms_left(&d->lease, now));
         }
-        uv_timer_start(&d->lease_timer, on_lease_timer,
-                       daemon_lease_ms_left(&d->lease, now) + 1, 0);
+        uv_timer_start(&d->lease_timer, on_lease_timer, daemon_lease_ms_left(&d->lease, now) + 1,
+                       0);
     }
     if (hb.heartbeat_ms != d->heartbeat_ms || hb.ping_timeout_ms != d->ping_timeout_ms) {
         log_notice("coordinator settings: heartbeat_ms %u -> %u, ping_timeout_ms %u -> %u",
@@ -1129,16 +1136,15 @@ static void on_map(dstate *d, rq *q, const resp_reply *r, int status)
     d->map_inflight = false;
     if (d->phase != PH_RUNNING) return;
     if (status < 0 || !r || r->type != RESP_R_BULK) {
-        log_warn("CLUSTER.MAP from %s failed: %s", coord_name(d, q->coord),
-                 status_text(r, status));
+        log_warn("CLUSTER.MAP from %s failed: %s", coord_name(d, q->coord), status_text(r, status));
         return;
     }
     cmap *m;
     char err[200];
     int rc = daemon_map_accept(d->map, d->id.cluster_id, r->str, r->len, &m, err, sizeof err);
     if (rc < 0) {
-        log_warn("ignoring the map from %s: %s; keeping version %llu", coord_name(d, q->coord),
-                 err, (unsigned long long)(d->map ? d->map->version : 0));
+        log_warn("ignoring the map from %s: %s; keeping version %llu", coord_name(d, q->coord), err,
+                 (unsigned long long)(d->map ? d->map->version : 0));
         return;
     }
     if (rc == 0) return;
@@ -1213,8 +1219,9 @@ static void on_shutdown(dstate *d, rq *q, const resp_reply *r, int status)
             return;
         }
     } else if (kind == DAEMON_E_RETRY) {
-        log_warn("DAEMON.SHUTDOWN to %s failed: %s", coord_name(d, q->coord),
-                 status_text(r, status));
+        /* one warning; the retries every SHUTDOWN_RETRY_MS are debug noise */
+        log_msg(d->shutdown_failures++ ? LOG_DEBUG : LOG_WARN, "DAEMON.SHUTDOWN to %s failed: %s",
+                coord_name(d, q->coord), status_text(r, status));
         fail_over(d, q->coord);
     } else {
         log_warn("coordinator %s answered DAEMON.SHUTDOWN with: %s", coord_name(d, q->coord),
@@ -1230,8 +1237,10 @@ static void on_shutdown(dstate *d, rq *q, const resp_reply *r, int status)
 static void on_retry_timer(uv_timer_t *t)
 {
     dstate *d = t->data;
-    if (d->phase == PH_STOPPING) send_shutdown(d);
-    else if (d->phase == PH_REGISTERING || d->phase == PH_REJOINING) send_register(d);
+    if (d->phase == PH_STOPPING)
+        send_shutdown(d);
+    else if (d->phase == PH_REGISTERING || d->phase == PH_REJOINING)
+        send_register(d);
 }
 
 static void begin_shutdown(dstate *d, int signum)
@@ -1328,8 +1337,8 @@ static void cmd_info(dstate *d, net_conn *c, int argc, char **argv, size_t *argv
     buf_init(&t);
 #define SECTION(name) (!want || is(want, wlen, name) || is(want, wlen, "all"))
     if (SECTION("server")) {
-        static const char *const phases[] = {"", "registering", "running", "rejoining",
-                                             "stopping", "stopping"};
+        static const char *const phases[] = {"",          "registering", "running",
+                                             "rejoining", "stopping",    "stopping"};
         buf_printf(&t,
                    "# Server\r\nkeel_version:%s\r\nmode:daemon\r\nprocess_id:%d\r\n"
                    "tcp_host:%s\r\ntcp_port:%d\r\npeer_port:%d\r\nuptime_in_seconds:%llu\r\n"
@@ -1359,8 +1368,8 @@ static void cmd_info(dstate *d, net_conn *c, int argc, char **argv, size_t *argv
     }
     if (SECTION("map")) {
         buf_printf(&t, "# Map\r\nmap_version:%llu\r\nspaces:%u\r\ndaemons:%u\r\n\r\n",
-                   (unsigned long long)(d->map ? d->map->version : 0),
-                   d->map ? d->map->nspaces : 0, d->map ? d->map->ndaemons : 0);
+                   (unsigned long long)(d->map ? d->map->version : 0), d->map ? d->map->nspaces : 0,
+                   d->map ? d->map->ndaemons : 0);
     }
 #undef SECTION
     resp_add_bulk(net_reply_now(c), t.data, t.len);
@@ -1375,8 +1384,10 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
         resp_add_error(out, "UNAVAILABLE this daemon serves no partitions yet (replication is "
                             "not built)");
     } else if (is(argv[0], argvlen[0], "PING") && argc <= 2) {
-        if (argc == 1) resp_add_simple(out, "PONG");
-        else resp_add_bulk(out, argv[1], argvlen[1]);
+        if (argc == 1)
+            resp_add_simple(out, "PONG");
+        else
+            resp_add_bulk(out, argv[1], argvlen[1]);
     } else if (is(argv[0], argvlen[0], "ECHO") && argc == 2) {
         resp_add_bulk(out, argv[1], argvlen[1]);
     } else if (is(argv[0], argvlen[0], "INFO") && argc <= 2) {
@@ -1386,8 +1397,10 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
         net_conn_close_after_replies(c);
     } else if (is(argv[0], argvlen[0], "CLUSTER.MAP") &&
                (argc == 1 || (argc == 2 && is(argv[1], argvlen[1], "STALE")))) {
-        if (d->map) resp_add_bulk(out, d->map_bytes.data, d->map_bytes.len);
-        else resp_add_error(out, "TRYAGAIN this daemon has no cluster map yet");
+        if (d->map)
+            resp_add_bulk(out, d->map_bytes.data, d->map_bytes.len);
+        else
+            resp_add_error(out, "TRYAGAIN this daemon has no cluster map yet");
     } else if (is(argv[0], argvlen[0], "PING") || is(argv[0], argvlen[0], "ECHO") ||
                is(argv[0], argvlen[0], "INFO") || is(argv[0], argvlen[0], "QUIT") ||
                is(argv[0], argvlen[0], "CLUSTER.MAP")) {
@@ -1398,8 +1411,8 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
                         (int)(argvlen[0] > 32 ? 32 : argvlen[0]), argv[0],
                         coord_name(d, d->coords.cur));
     } else {
-        resp_add_errorf(out, "ERR unknown command '%.*s'",
-                        (int)(argvlen[0] > 32 ? 32 : argvlen[0]), argv[0]);
+        resp_add_errorf(out, "ERR unknown command '%.*s'", (int)(argvlen[0] > 32 ? 32 : argvlen[0]),
+                        argv[0]);
     }
 }
 
@@ -1433,13 +1446,13 @@ static int daemon_run(const daemon_opts *o, int ready_fd)
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&d->loop);
     /* Listen first: a taken port must not leave a fresh data directory behind. */
-    net_config nc = {.host = o->host,
-                     .port = o->port,
-                     .limits = {RESP_DEFAULT_MAX_REQUEST, RESP_DEFAULT_MAX_ARGS,
-                                RESP_DEFAULT_MAX_BULK},
-                     .max_conns = MAX_CONNS,
-                     .dispatch = dispatch,
-                     .arg = d};
+    net_config nc = {
+        .host = o->host,
+        .port = o->port,
+        .limits = {RESP_DEFAULT_MAX_REQUEST, RESP_DEFAULT_MAX_ARGS, RESP_DEFAULT_MAX_BULK},
+        .max_conns = MAX_CONNS,
+        .dispatch = dispatch,
+        .arg = d};
     if (net_server_start(&d->net, &d->loop, &nc, err, sizeof err)) goto err_after_loop;
     if (mkdir(o->dir, 0755) != 0 && errno != EEXIST) {
         snprintf(err, sizeof err, "cannot create data directory %s: %s", o->dir, strerror(errno));

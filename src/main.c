@@ -9,9 +9,10 @@
 #include "cli.h"
 #include "coord.h"
 #include "daemon.h"
+#include "local.h"
 #include "server.h"
+#include "version.h"
 
-#define KEEL_VERSION "0.1.0"
 
 static void usage(void)
 {
@@ -19,7 +20,8 @@ static void usage(void)
            "servers:\n"
            "  keel standalone [-f] [-p PORT] [-D DIR] ...   single-process server\n"
            "  keel coordinator [-f] [-p PORT] [-D DIR] [-c HOST -P PORT] ...   coordinator member\n"
-           "  keel daemon [-f] [-p PORT] [-c HOST] [-P PORT] [-D DIR] ...   storage daemon\n\n"
+           "  keel daemon [-f] [-p PORT] [-c HOST] [-P PORT] [-D DIR] ...   storage daemon\n"
+           "  keel local [-c N] [-d M] [-D DIR] ...   a whole cluster on loopback (Ctrl-C stops)\n\n"
            "clients:\n");
     cli_usage();
     printf("\n  keel version | keel help\n"
@@ -41,6 +43,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "daemon")) return daemon_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "coordinator")) return coord_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "local")) return local_main(argc - 1, argv + 1);
     if (cli_is_command(cmd)) return cli_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("keel %s\n", KEEL_VERSION);

@@ -56,8 +56,8 @@
 #include "proc.h"
 #include "resp.h"
 #include "store.h"
+#include "version.h"
 
-#define KEEL_VERSION "0.1.0"
 #define SHUTDOWN_GRACE_MS 5000
 
 typedef struct server server;

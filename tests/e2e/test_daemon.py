@@ -17,8 +17,12 @@ silence and regained; OFFLINE makes the daemon register again under its id;
 SIGTERM/SIGINT/SIGHUP send DAEMON.SHUTDOWN and exit 0 (also when nobody
 answers, within the bound); the map is fetched when the heartbeat announces a
 newer version (bytes produced by the real cmap_encode, via a tiny C helper
-compiled from src/), and malformed or foreign maps are ignored; data commands
-answer -UNAVAILABLE.
+compiled from src/), and malformed or foreign maps are ignored, while the
+coordinators a map lists become failover targets; data commands answer
+-UNAVAILABLE. Bad answers: a malformed REGISTER reply is retried, a rejoin
+answered with another id exits 1, a malformed heartbeat reply counts as a
+failed heartbeat, "already online" after OFFLINE resumes heartbeats, and an
+identity that cannot be written exits 1.
 
 Every wait is bounded; every process started here is stopped in teardown by
 its pid (SIGTERM, then SIGKILL).
@@ -107,6 +111,7 @@ class FakeCoord:
         self.tryagain = False         # -TRYAGAIN no leader yet, to everything
         self.register_error = None    # an error line for DAEMON.REGISTER
         self.offline_heartbeats = 0   # answer this many heartbeats with OFFLINE
+        self.raw = {}                 # command -> reply bytes sent instead of the real one
         self.closed = False
         self.conns = []
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -122,6 +127,8 @@ class FakeCoord:
             return b"-TRYAGAIN leader is %s\r\n" % self.redirect.encode()
         if self.tryagain:
             return b"-TRYAGAIN no leader yet (election in progress)\r\n"
+        if cmd in self.raw:
+            return self.raw[cmd]
         if cmd == "DAEMON.REGISTER":
             if self.register_error:
                 return b"-%s\r\n" % self.register_error.encode()
@@ -808,3 +815,72 @@ def test_map_teaches_coordinators(env, mkmap):
     d.wait_info("coordinator", b.addr)
     t0 = time.monotonic()
     assert wait_for(lambda: b.count("DAEMON.HEARTBEAT", since=t0) >= 3, 5.0)
+
+
+# -- bad answers from a coordinator -------------------------------------------------
+
+def test_identity_write_failure_exits_1(env):
+    f = env.fake()
+    d = env.daemon(f.port)
+    os.makedirs(os.path.join(d.data, "identity.tmp"))  # the temporary file cannot be made
+    d.start(wait_serving=False)
+    assert d.wait_exit() == 1
+    assert "cannot record identity (daemon 1 of cluster %s)" % CLUSTER_HEX in d.log()
+    assert not os.path.exists(os.path.join(d.data, "identity"))
+
+
+def test_malformed_register_reply_retried(env):
+    f = env.fake()
+    f.set(raw={"DAEMON.REGISTER": b"*2\r\n:1\r\n:2\r\n"})
+    d = env.daemon(f.port).start()
+    assert wait_for(lambda: "malformed DAEMON.REGISTER reply" in d.log(), 5.0), d.log()
+    assert "expected an array of 5 elements" in d.log()
+    assert d.info()["state"] == "registering"
+    f.set(raw={})
+    d.wait_info("lease_valid", "1", timeout=10)
+    assert read_identity(d) == "cluster_id=%s\ndaemon_id=1\n" % CLUSTER_HEX
+
+
+def test_rejoin_answered_with_another_id_exits_1(env):
+    f, d = running(env)
+    assert d.signal(signal.SIGTERM) == 0
+    f.set(next_id=7, raw={"DAEMON.REGISTER": b"*5\r\n:7\r\n" + bulk(CLUSTER_HEX) +
+                          b":50\r\n:500\r\n*1\r\n" + bulk(f.addr)})
+    d.start(wait_serving=False)
+    assert d.wait_exit() == 1
+    assert ("asked to rejoin as daemon 1 of cluster %s, the coordinator answered daemon 7"
+            % CLUSTER_HEX) in d.log()
+    assert read_identity(d) == "cluster_id=%s\ndaemon_id=1\n" % CLUSTER_HEX
+
+
+def test_malformed_heartbeat_reply_is_a_failure(env):
+    f, d = running(env)
+    f.set(raw={"DAEMON.HEARTBEAT": b"*3\r\n:1\r\n:0\r\n:500\r\n"})  # heartbeat_ms 0
+    d.wait_info("lease_valid", "0", timeout=5)
+    assert "expected [map_version >= 0" in d.log()
+    assert int(d.info()["heartbeats_failed"]) >= 2
+    f.set(raw={"DAEMON.HEARTBEAT": b"-ERR something the daemon does not know\r\n"})
+    assert wait_for(lambda: "something the daemon does not know" in d.log(), 5.0), d.log()
+    assert d.info()["lease_valid"] == "0"
+    f.set(raw={})
+    d.wait_info("lease_valid", "1")
+
+
+def test_rejoin_already_online_resumes_heartbeats(env):
+    f, d = running(env)
+    # the coordinator says OFFLINE, then refuses the rejoin as already online
+    # (as if an earlier rejoin went through and its answer was lost)
+    f.set(offline_heartbeats=1, register_error="ERR daemon 1 is already online")
+    assert wait_for(lambda: "already has daemon 1 online; heartbeating" in d.log(), 5.0), d.log()
+    f.set(register_error=None)
+    d.wait_info("lease_valid", "1")
+    assert d.proc.poll() is None
+    assert len(f.seen("DAEMON.REGISTER")) == 2
+
+
+def test_map_fetch_error_logged(env):
+    f, d = running(env)
+    f.set(map_version=3, raw={"CLUSTER.MAP": b"-TRYAGAIN no leader yet\r\n"})
+    assert wait_for(lambda: "CLUSTER.MAP from %s failed: TRYAGAIN" % f.addr in d.log(), 5.0)
+    info = d.info()
+    assert info["map_version"] == "0" and info["lease_valid"] == "1"

@@ -95,10 +95,14 @@ static void test_args_long_forms(void **state)
 {
     (void)state;
     daemon_opts o;
-    const char *argv[] = {"daemon",           "-f",
-                          "--listen=10.0.0.2", "--listen-port=3000",
-                          "--coordinator=10.0.0.1", "--coordinator-port=1983",
-                          "--data=/tmp/d1",   "--peer-port=4000"};
+    const char *argv[] = {"daemon",
+                          "-f",
+                          "--listen=10.0.0.2",
+                          "--listen-port=3000",
+                          "--coordinator=10.0.0.1",
+                          "--coordinator-port=1983",
+                          "--data=/tmp/d1",
+                          "--peer-port=4000"};
     assert_int_equal(parse(&o, 8, argv), 0);
     assert_true(o.foreground);
     assert_string_equal(o.host, "10.0.0.2");
@@ -113,8 +117,8 @@ static void test_args_short_forms(void **state)
 {
     (void)state;
     daemon_opts o;
-    const char *argv[] = {"daemon", "-l", "::1", "-p", "3001", "-c", "::1", "-P", "1984",
-                          "-D", "dir2"};
+    const char *argv[] = {"daemon", "-l", "::1",  "-p", "3001", "-c",
+                          "::1",    "-P", "1984", "-D", "dir2"};
     assert_int_equal(parse(&o, 11, argv), 0);
     assert_false(o.foreground);
     assert_string_equal(o.host, "::1");
@@ -143,12 +147,22 @@ static void test_args_errors(void **state)
 {
     (void)state;
     static const char *const bad[][3] = {
-        {"-p", "0", NULL},          {"-p", "65536", NULL},       {"-p", "abc", NULL},
-        {"-p", "-5", NULL},         {"-p", "+5", NULL},          {"-p", "12x", NULL},
-        {"-p", "", NULL},           {"-P", "70000", NULL},       {"--peer-port", "0", NULL},
-        {"-l", "localhost", NULL},  {"-c", "coord.example", NULL}, {"-l", "", NULL},
-        {"-D", "", NULL},           {"--bogus", NULL, NULL},     {"extra", NULL, NULL},
-        {"-p", "60000", NULL},      /* + 10000 is not a port, and no --peer-port */
+        {"-p", "0", NULL},
+        {"-p", "65536", NULL},
+        {"-p", "abc", NULL},
+        {"-p", "-5", NULL},
+        {"-p", "+5", NULL},
+        {"-p", "12x", NULL},
+        {"-p", "", NULL},
+        {"-P", "70000", NULL},
+        {"--peer-port", "0", NULL},
+        {"-l", "localhost", NULL},
+        {"-c", "coord.example", NULL},
+        {"-l", "", NULL},
+        {"-D", "", NULL},
+        {"--bogus", NULL, NULL},
+        {"extra", NULL, NULL},
+        {"-p", "60000", NULL}, /* + 10000 is not a port, and no --peer-port */
         {"-x", NULL, NULL},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -235,7 +249,8 @@ static void test_identity_garbage(void **state)
          "line 1: cluster_id must be 16 hex digits, not all zero"},
         {"cluster_id=0000000000000001\ncluster_id=0000000000000002\ndaemon_id=1\n",
          "line 2: cluster_id given twice"},
-        {"daemon_id=1\ndaemon_id=1\ncluster_id=0000000000000001\n", "line 2: daemon_id given twice"},
+        {"daemon_id=1\ndaemon_id=1\ncluster_id=0000000000000001\n",
+         "line 2: daemon_id given twice"},
         {"cluster_id=0000000000000001\ndaemon_id=1\nextra=1\n", "line 3: unknown name 'extra'"},
         {"cluster_id=0000000000000001\ndaemon_id=1\n\n", "line 3: expected name=value"},
         {"hello\n", "line 1: expected name=value"},
@@ -244,8 +259,7 @@ static void test_identity_garbage(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         daemon_identity id = {123, 456};
         char err[160] = "";
-        if (daemon_identity_parse(cases[i].text, strlen(cases[i].text), &id, err, sizeof err) !=
-            -1)
+        if (daemon_identity_parse(cases[i].text, strlen(cases[i].text), &id, err, sizeof err) != -1)
             fail_msg("accepted case %zu", i);
         assert_string_equal(err, cases[i].err);
         assert_true(id.cluster_id == 123 && id.daemon_id == 456); /* untouched */
@@ -368,11 +382,11 @@ static void test_lease(void **state)
 static void test_rpc_timeout(void **state)
 {
     (void)state;
-    assert_int_equal(daemon_rpc_timeout_ms(250, 3000), 500);  /* 2 heartbeats */
+    assert_int_equal(daemon_rpc_timeout_ms(250, 3000), 500); /* 2 heartbeats */
     assert_int_equal(daemon_rpc_timeout_ms(50, 500), 100);
     assert_int_equal(daemon_rpc_timeout_ms(1000, 1500), 750); /* capped at ping/2 */
     assert_int_equal(daemon_rpc_timeout_ms(100, 201), 100);
-    assert_int_equal(daemon_rpc_timeout_ms(1, 1), 1);         /* never 0 */
+    assert_int_equal(daemon_rpc_timeout_ms(1, 1), 1); /* never 0 */
     assert_int_equal(daemon_rpc_timeout_ms(DAEMON_MAX_HEARTBEAT_MS, DAEMON_MAX_PING_TIMEOUT_MS),
                      2 * DAEMON_MAX_HEARTBEAT_MS);
 }
@@ -401,11 +415,20 @@ static void test_addr_parse(void **state)
     /* length-limited: trailing bytes beyond len are ignored */
     assert_int_equal(daemon_addr_parse("10.1.2.3:80 trailing", 11, &a), 0);
     assert_int_equal(a.port, 80);
-    static const char *const bad[] = {"",           "127.0.0.1",       ":1982",
-                                      "127.0.0.1:", "127.0.0.1:0",     "127.0.0.1:65536",
-                                      "127.0.0.1:1a", "127.0.0.1:-1",  "localhost:1982",
-                                      "[::1]",      "[]:1",            "127.0.0.1:123456",
-                                      "1.2.3.4.5:1", "[127.0.0.1:1"};
+    static const char *const bad[] = {"",
+                                      "127.0.0.1",
+                                      ":1982",
+                                      "127.0.0.1:",
+                                      "127.0.0.1:0",
+                                      "127.0.0.1:65536",
+                                      "127.0.0.1:1a",
+                                      "127.0.0.1:-1",
+                                      "localhost:1982",
+                                      "[::1]",
+                                      "[]:1",
+                                      "127.0.0.1:123456",
+                                      "1.2.3.4.5:1",
+                                      "[127.0.0.1:1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (daemon_addr_parse(bad[i], strlen(bad[i]), &a) == 0) fail_msg("accepted '%s'", bad[i]);
     char longhost[200];
@@ -430,7 +453,7 @@ static void test_coords(void **state)
     /* the coordinators advertise three addresses, ours among them */
     daemon_addr list[3] = {A("127.0.0.1:1983"), A("127.0.0.1:1982"), A("127.0.0.1:1984")};
     daemon_coords_set_list(&c, list, 3);
-    assert_int_equal(c.n, 3); /* 1982 is not added twice */
+    assert_int_equal(c.n, 3);   /* 1982 is not added twice */
     assert_int_equal(c.cur, 0); /* still listed: kept */
     assert_int_equal(c.addr[1].port, 1983);
     assert_int_equal(c.addr[2].port, 1984);
