@@ -58,6 +58,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "dpart.h"
 #include "kv.h"
 #include "log.h"
 #include "net.h"
@@ -728,6 +729,7 @@ struct dstate {
 
     cmap *map;     /* cached map, NULL until fetched */
     buf map_bytes; /* its encoding as served by the coordinator */
+    dpart *dp;     /* the data plane, once the daemon has an id */
 };
 
 static uint64_t wall_ms(void)
@@ -913,6 +915,7 @@ static void refuse(dstate *d, const char *msg)
 }
 
 static void start_heartbeats(dstate *d);
+static void start_data_plane(dstate *d);
 
 static void on_register(dstate *d, rq *q, const resp_reply *r, int status)
 {
@@ -1011,7 +1014,37 @@ static void on_register(dstate *d, rq *q, const resp_reply *r, int status)
              (unsigned long long)d->id.cluster_id);
     report_ready(d, true, msg);
     d->phase = PH_RUNNING;
+    start_data_plane(d);
     start_heartbeats(d);
+}
+
+/* ---- the data plane ------------------------------------------------------------------ */
+
+static bool lease_ok(void *arg)
+{
+    dstate *d = arg;
+    return daemon_lease_valid(&d->lease, uv_hrtime());
+}
+
+/* Opens the store and the replication port once the daemon knows its id. */
+static void start_data_plane(dstate *d)
+{
+    if (d->dp) return;
+    dpart_opts o = {.dir = d->o.dir,
+                    .host = d->o.host,
+                    .peer_port = d->o.peer_port,
+                    .sync_policy = STORE_SYNC_BATCH,
+                    .max_key = 256,
+                    .self = d->id.daemon_id,
+                    .lease_ok = lease_ok,
+                    .lease_arg = d};
+    char err[400];
+    if (dpart_start(&d->dp, &d->loop, &o, err, sizeof err)) {
+        log_error("event=storage_error cannot start the data plane: %s", err);
+        request_finish(d, 1);
+        return;
+    }
+    if (d->map) dpart_map(d->dp, d->map);
 }
 
 /* ---- heartbeats ---------------------------------------------------------------------- */
@@ -1155,6 +1188,7 @@ static void on_map(dstate *d, rq *q, const resp_reply *r, int status)
     d->map = m;
     buf_reset(&d->map_bytes);
     buf_append(&d->map_bytes, r->str, r->len);
+    if (d->dp) dpart_map(d->dp, m);
     /* the map is newer than the REGISTER reply: it knows coordinators that
      * joined (or left) since */
     daemon_addr addrs[DAEMON_MAX_COORDS];
@@ -1283,6 +1317,10 @@ static void finish(dstate *d)
         net_server_close(d->net);
         d->net = NULL;
     }
+    if (d->dp) {
+        dpart_stop(d->dp); /* fails what is in flight, syncs the store */
+        d->dp = NULL;
+    }
     uv_timer_t *timers[] = {&d->hb_timer, &d->lease_timer, &d->retry_timer, &d->stop_timer,
                             &d->ready_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
@@ -1379,11 +1417,14 @@ static void cmd_info(dstate *d, net_conn *c, int argc, char **argv, size_t *argv
 static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
     dstate *d = arg;
+    bool fwd = is(argv[0], argvlen[0], "FWD") && argc > 1;
+    if (kv_kind_of(argv[0], argvlen[0]) || (fwd && kv_kind_of(argv[1], argvlen[1]))) {
+        if (d->dp) dpart_dispatch(d->dp, c, argc, argv, argvlen);
+        else resp_add_error(net_reply_now(c), "TRYAGAIN this daemon has not registered yet");
+        return;
+    }
     buf *out = net_reply_now(c);
-    if (kv_kind_of(argv[0], argvlen[0])) {
-        resp_add_error(out, "UNAVAILABLE this daemon serves no partitions yet (replication is "
-                            "not built)");
-    } else if (is(argv[0], argvlen[0], "PING") && argc <= 2) {
+    if (is(argv[0], argvlen[0], "PING") && argc <= 2) {
         if (argc == 1)
             resp_add_simple(out, "PONG");
         else

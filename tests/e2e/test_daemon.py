@@ -18,8 +18,8 @@ SIGTERM/SIGINT/SIGHUP send DAEMON.SHUTDOWN and exit 0 (also when nobody
 answers, within the bound); the map is fetched when the heartbeat announces a
 newer version (bytes produced by the real cmap_encode, via a tiny C helper
 compiled from src/), and malformed or foreign maps are ignored, while the
-coordinators a map lists become failover targets; data commands answer
--UNAVAILABLE. Bad answers: a malformed REGISTER reply is retried, a rejoin
+coordinators a map lists become failover targets; data commands on a map
+without spaces answer -NOSPACE. Bad answers: a malformed REGISTER reply is retried, a rejoin
 answered with another id exits 1, a malformed heartbeat reply counts as a
 failed heartbeat, "already online" after OFFLINE resumes heartbeats, and an
 identity that cannot be written exits 1.
@@ -419,8 +419,12 @@ def test_client_port_commands(env):
                 ("CPUT", "kv", "k", "IF", "v", "1", "SET", "v", "2"), ("ADD", "kv", "k", "n", "1"),
                 ("SEARCH", "kv"), ("COUNT", "kv"), ("get", "kv", "k")):
         r = d.cmd(*cmd)
-        assert isinstance(r, Err) and r.code == "UNAVAILABLE", (cmd, r)
-        assert "serves no partitions" in r
+        # The fake coordinator's map has no spaces: data commands name the
+        # missing space (serving data is tested with a real cluster).
+        if cmd[0] in ("SEARCH", "COUNT"):
+            assert isinstance(r, Err) and r.code in ("ERR", "NOSPACE"), (cmd, r)
+        else:
+            assert isinstance(r, Err) and r.code == "NOSPACE", (cmd, r)
     assert d.cmd("PING") == Simple("PONG")
     assert d.cmd("PING", "hi") == b"hi"
     assert d.cmd("ECHO", "x y") == b"x y"

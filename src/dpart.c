@@ -1,0 +1,912 @@
+/* dpart: a daemon's replicated data plane (see dpart.h).
+ *
+ * Design note
+ * -----------
+ * Every partition this daemon holds has a repl_part (repl.c), the pure
+ * replication state machine. This file carries out its Ready batches: the
+ * storage part of a Ready (log entries, truncation, compaction, applying
+ * committed entries to the objects and the client table, the partition's
+ * replication metadata) becomes one commit item for the storage thread; when
+ * it has committed, the Ready's messages go to the peers, its completions to
+ * the clients, and the part advances. While a part's Ready is in flight the
+ * part is busy: inputs for it (peer messages, client writes, a new
+ * configuration) wait in its queue, because repl forbids mutating calls
+ * between ready_get and advance.
+ *
+ * Client requests: any daemon accepts any data command. The partition's
+ * primary (first replica in the map) serves it while its lease is valid and
+ * repl says it is readable; any other daemon forwards it to the primary
+ * (prefixed FWD so it is never forwarded twice).
+ *
+ * Invariants:
+ *   1. A write is acknowledged only after repl reports it committed and the
+ *      transaction applying it has committed on this daemon (and the
+ *      replicas stored it before acking: DESIGN section 5).
+ *   2. Reads are served only by a primary with a valid lease whose epoch-start
+ *      entry is applied (repl_readable), from the applied state; a read on a
+ *      connection with writes in flight waits until everything appended before
+ *      it is applied, so a client reads its own writes.
+ *   3. At most one Ready per part is in flight; nothing mutates a part then.
+ */
+#include "dpart.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "buf.h"
+#include "commit.h"
+#include "kv.h"
+#include "log.h"
+#include "rclient.h"
+#include "repl.h"
+#include "resp.h"
+#include "store.h"
+
+#define TICK_MS 50
+#define FORWARD_TIMEOUT_MS 5000
+#define PEER_TIMEOUT_MS 3000
+
+enum { IN_MSG = 1, IN_WRITE };
+
+typedef struct dp_input {
+    struct dp_input *next;
+    int kind;
+    buf bytes;        /* IN_MSG: an encoded repl message */
+    kv_op *op;        /* IN_WRITE */
+    net_reply *reply; /* IN_WRITE */
+} dp_input;
+
+typedef struct dp_wait {
+    struct dp_wait *next;
+    uint64_t seq; /* serve once applied >= seq */
+    kv_op *op;
+    net_reply *reply;
+} dp_wait;
+
+typedef struct dp_part dp_part;
+
+typedef struct dp_item {
+    commit_item base; /* first */
+    dpart *dp;
+    dp_part *p;
+} dp_item;
+
+struct dp_part {
+    uint32_t space, part;
+    kv_space *sp;
+    repl_part *r;
+    bool busy;
+    repl_ready rd;        /* in flight while busy */
+    store_repl_meta meta; /* as persisted (after the in-flight Ready: meta_next) */
+    store_repl_meta meta_next;
+    dp_item item;
+    bool retry; /* the last group commit failed: submit again */
+    dp_input *in_head, *in_tail;
+    dp_wait *waits;
+    uint64_t cfg_epoch; /* configuration given to repl */
+    bool cfg_pending;   /* a newer configuration waits for the part to be idle */
+    dp_part *next;      /* all parts */
+};
+
+typedef struct dp_peer {
+    uint64_t id;
+    rclient *repl; /* to its peer port */
+    rclient *fwd;  /* to its client port */
+} dp_peer;
+
+struct dpart {
+    dpart_opts o;
+    uv_loop_t *loop;
+    store *st;
+    commit *cm;
+    net_server *peer_net;
+    uv_timer_t tick;
+    uv_prepare_t prepare;
+    store_txn rtxn;
+    bool rtxn_active;
+    cmap *map;
+    dp_part *parts;
+    dp_peer peers[CMAP_MAX_DAEMONS];
+    size_t npeers;
+    bool stopping;
+};
+
+static void part_pump(dpart *dp, dp_part *p);
+
+/* ---- helpers -------------------------------------------------------------------- */
+
+static bool is(const char *w, size_t len, const char *name)
+{
+    return strlen(name) == len && strncasecmp(w, name, len) == 0;
+}
+
+static dp_part *part_find(dpart *dp, uint32_t space, uint32_t part)
+{
+    for (dp_part *p = dp->parts; p; p = p->next)
+        if (p->space == space && p->part == part) return p;
+    return NULL;
+}
+
+static dp_peer *peer_get(dpart *dp, uint64_t id)
+{
+    for (size_t i = 0; i < dp->npeers; i++)
+        if (dp->peers[i].id == id) return &dp->peers[i];
+    const cmap_daemon *d = cmap_daemon_find(dp->map, id);
+    if (!d || dp->npeers == CMAP_MAX_DAEMONS) return NULL;
+    dp_peer *pe = &dp->peers[dp->npeers++];
+    pe->id = id;
+    pe->repl = rclient_new(dp->loop, d->host, d->peer_port, dp->o.host, PEER_TIMEOUT_MS);
+    pe->fwd = rclient_new(dp->loop, d->host, d->port, dp->o.host, FORWARD_TIMEOUT_MS);
+    return pe;
+}
+
+static int rtxn_get(dpart *dp, store_txn **t)
+{
+    if (!dp->rtxn_active) {
+        int rc = store_txn_renew(&dp->rtxn);
+        if (rc) return rc;
+        dp->rtxn_active = true;
+    }
+    *t = &dp->rtxn;
+    return 0;
+}
+
+static void rtxn_release(dpart *dp)
+{
+    if (dp->rtxn_active) {
+        store_txn_reset(&dp->rtxn);
+        dp->rtxn_active = false;
+    }
+}
+
+/* ---- the storage half of a Ready (storage thread) ----------------------------- */
+
+static int exec_ready(store_txn *t, commit_item *ci)
+{
+    dp_item *it = (dp_item *)ci;
+    dp_part *p = it->p;
+    const repl_ready *rd = &p->rd;
+    int rc;
+    if (rd->truncate_from && (rc = store_log_delete_from(t, p->space, p->part, rd->truncate_from)))
+        return rc;
+    buf b;
+    buf_init(&b);
+    for (size_t i = 0; i < rd->n_entries; i++) {
+        buf_reset(&b);
+        repl_entry_encode(&rd->entries[i], &b);
+        if ((rc = store_log_put(t, p->space, p->part, rd->entries[i].seq, b.data, b.len))) {
+            buf_free(&b);
+            return rc;
+        }
+    }
+    buf_free(&b);
+    if (rd->compact_to && (rc = store_log_delete_through(t, p->space, p->part, rd->compact_to)))
+        return rc;
+    for (size_t i = 0; i < rd->n_apply; i++) {
+        const repl_entry *e = &rd->apply[i];
+        if (e->type == REPL_E_PUT)
+            rc = kv_apply_put(t, p->sp, p->part, e->key, e->klen, e->value, e->vlen);
+        else if (e->type == REPL_E_DEL)
+            rc = kv_apply_del(t, p->sp, p->part, e->key, e->klen);
+        else
+            rc = 0;
+        if (!rc && e->client_id) {
+            store_client c = {.client_id = e->client_id,
+                              .client_seq = e->client_seq,
+                              .seq = e->seq,
+                              .rlen = e->rlen,
+                              .result = e->result};
+            rc = store_client_put(t, p->space, p->part, &c);
+        }
+        if (rc) return rc;
+    }
+    return store_repl_meta_put(t, p->space, p->part, &p->meta_next);
+}
+
+/* ---- completions (loop thread) -------------------------------------------------- */
+
+static void send_msg(dpart *dp, const repl_msg *m)
+{
+    dp_peer *pe = peer_get(dp, m->to);
+    if (!pe) return;
+    buf b;
+    buf_init(&b);
+    repl_msg_encode(m, &b);
+    const char *argv[2] = {"REPL", b.data};
+    size_t argvlen[2] = {4, b.len};
+    rclient_send(pe->repl, 2, argv, argvlen, NULL, NULL);
+    buf_free(&b);
+}
+
+static void serve_read(dpart *dp, dp_part *p, kv_op *op, buf *out)
+{
+    (void)p;
+    store_txn *t;
+    int rc = rtxn_get(dp, &t);
+    if (!rc) rc = kv_exec(t, op, out);
+    if (rc) resp_add_errorf(out, "IOERR storage error: %s", mdb_strerror(rc));
+}
+
+static void serve_waits(dpart *dp, dp_part *p)
+{
+    repl_status st;
+    repl_status_get(p->r, &st);
+    dp_wait **pp = &p->waits;
+    while (*pp) {
+        dp_wait *w = *pp;
+        if (w->seq <= st.applied || !st.readable) {
+            buf *out = net_reply_buf(w->reply);
+            if (st.readable)
+                serve_read(dp, p, w->op, out);
+            else
+                resp_add_error(out, "TRYAGAIN the partition's primary changed");
+            net_reply_done(w->reply);
+            kv_op_free(w->op);
+            *pp = w->next;
+            free(w);
+        } else {
+            pp = &w->next;
+        }
+    }
+}
+
+static void handle_events(dpart *dp, dp_part *p, const repl_ready *rd)
+{
+    for (size_t i = 0; i < rd->n_events; i++) {
+        const repl_event *e = &rd->events[i];
+        switch (e->type) {
+        case REPL_EV_SERVING:
+            log_notice("event=partition_serving space=%u partition=%u epoch=%" PRIu64, p->space,
+                       p->part, e->epoch);
+            break;
+        case REPL_EV_NEWER_EPOCH:
+            log_info("partition %u/%u saw epoch %" PRIu64 "; waiting for the map", p->space,
+                     p->part, e->epoch);
+            break;
+        case REPL_EV_NEED_COPY:
+            log_warn("partition %u/%u: daemon %" PRIu64 " needs a full copy (not implemented yet)",
+                     p->space, p->part, e->peer);
+            break;
+        case REPL_EV_CAUGHT_UP:
+            log_notice("event=replica_caught_up space=%u partition=%u daemon=%" PRIu64, p->space,
+                       p->part, e->peer);
+            break;
+        }
+    }
+    (void)dp;
+}
+
+static void on_ready_done(void *arg, commit_item *list)
+{
+    dpart *dp = arg;
+    rtxn_release(dp); /* the applied state changed */
+    while (list) {
+        dp_item *it = (dp_item *)list;
+        list = list->next;
+        dp_part *p = it->p;
+        if (it->base.status) {
+            log_error("event=storage_error partition %u/%u: %s; retrying", p->space, p->part,
+                      mdb_strerror(it->base.status));
+            p->retry = true;
+            continue;
+        }
+        const repl_ready *rd = &p->rd;
+        p->meta = p->meta_next;
+        for (size_t i = 0; i < rd->n_msgs; i++)
+            send_msg(dp, &rd->msgs[i]);
+        for (size_t i = 0; i < rd->n_done; i++) {
+            const repl_completion *c = &rd->done[i];
+            net_reply *r = (net_reply *)(uintptr_t)c->ctx;
+            buf *out = net_reply_buf(r);
+            if (c->status == REPL_OK)
+                buf_append(out, c->result, c->rlen);
+            else
+                resp_add_error(out, "TRYAGAIN the partition's primary changed; the write may or "
+                                    "may not have been applied");
+            net_reply_done(r);
+        }
+        handle_events(dp, p, rd);
+        repl_advance(p->r, rd);
+        p->busy = false;
+        part_pump(dp, p);
+    }
+}
+
+/* ---- driving a part --------------------------------------------------------------- */
+
+static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply);
+
+/* Runs queued inputs and the next Ready while the part is idle. */
+static void part_pump(dpart *dp, dp_part *p)
+{
+    while (!p->busy && p->in_head) {
+        dp_input *in = p->in_head;
+        p->in_head = in->next;
+        if (!p->in_head) p->in_tail = NULL;
+        if (in->kind == IN_MSG) {
+            repl_msg m;
+            if (repl_msg_decode(in->bytes.data, in->bytes.len, &m) == 0) {
+                repl_recv(p->r, &m);
+                repl_msg_free(&m);
+            }
+            buf_free(&in->bytes);
+        } else {
+            write_now(dp, p, in->op, in->reply);
+        }
+        free(in);
+        if (repl_has_ready(p->r)) break;
+    }
+    if (!p->busy && p->cfg_pending) {
+        p->cfg_pending = false;
+        dpart_map(dp, dp->map); /* re-applies the newest configuration */
+    }
+    if (p->busy || !repl_has_ready(p->r)) {
+        serve_waits(dp, p);
+        return;
+    }
+    repl_ready_get(p->r, &p->rd);
+    const repl_ready *rd = &p->rd;
+    p->meta_next = p->meta;
+    if (rd->epoch_changed) p->meta_next.epoch = rd->epoch;
+    if (rd->n_apply) p->meta_next.applied = rd->apply[rd->n_apply - 1].seq;
+    if (rd->compact_to) {
+        p->meta_next.base_seq = rd->compact_to;
+        p->meta_next.base_epoch = rd->compact_epoch;
+    }
+    p->busy = true;
+    memset(&p->item, 0, sizeof p->item);
+    p->item.base.exec = exec_ready;
+    p->item.dp = dp;
+    p->item.p = p;
+    buf_init(&p->item.base.reply);
+    commit_submit(dp->cm, &p->item.base, &p->item.base);
+}
+
+static void enqueue(dp_part *p, dp_input *in)
+{
+    in->next = NULL;
+    if (p->in_tail)
+        p->in_tail->next = in;
+    else
+        p->in_head = in;
+    p->in_tail = in;
+}
+
+/* A write on the primary: compute the resulting object from the newest state
+ * (a pending entry, else the store) and hand it to repl. */
+static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply)
+{
+    buf *out = net_reply_buf(reply);
+    if (!repl_readable(p->r)) {
+        resp_add_error(out, "TRYAGAIN this partition is changing primary");
+        net_reply_done(reply);
+        kv_op_free(op);
+        return;
+    }
+    const repl_entry *pend = repl_pending_get(p->r, op->key, op->klen);
+    const void *cur = NULL;
+    size_t curlen = 0;
+    bool exists = false;
+    int rc = 0;
+    if (pend) {
+        exists = pend->type == REPL_E_PUT;
+        cur = pend->value;
+        curlen = pend->vlen;
+    } else {
+        store_txn *t;
+        rc = rtxn_get(dp, &t);
+        if (!rc) {
+            rc = store_obj_get(t, p->space, p->part, op->key, op->klen, &cur, &curlen);
+            exists = rc == 0;
+            if (rc == MDB_NOTFOUND) rc = 0;
+        }
+    }
+    kv_result res;
+    if (!rc) rc = kv_compute(op, cur, curlen, exists, &res);
+    if (rc) {
+        resp_add_errorf(out, "IOERR storage error: %s", mdb_strerror(rc));
+        net_reply_done(reply);
+        kv_op_free(op);
+        return;
+    }
+    if (res.write == KV_W_NONE) {
+        buf_append(out, res.reply.data, res.reply.len);
+        net_reply_done(reply);
+    } else {
+        int type = res.write == KV_W_PUT ? REPL_E_PUT : REPL_E_DEL;
+        rc = repl_write(p->r, type, op->key, op->klen, res.value.data, res.value.len, 0, 0,
+                        res.reply.data, res.reply.len, (uint64_t)(uintptr_t)reply, NULL);
+        if (rc) {
+            if (rc == REPL_EBUSY)
+                resp_add_error(out, "TRYAGAIN too many writes in flight for this partition");
+            else if (rc == REPL_ENOTPRIMARY)
+                resp_add_error(out, "TRYAGAIN this daemon is no longer the partition's primary");
+            else
+                resp_add_errorf(out, "ERR cannot replicate: %s", repl_strerror(rc));
+            net_reply_done(reply);
+        }
+    }
+    kv_result_free(&res);
+    kv_op_free(op);
+}
+
+/* ---- loading and configuring parts -------------------------------------------------- */
+
+typedef struct load_ctx {
+    repl_entry *entries;
+    buf *blobs; /* entries point into these */
+    size_t n, cap;
+    int err;
+} load_ctx;
+
+static int load_entry(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    load_ctx *x = arg;
+    if (x->n == x->cap) {
+        x->cap = x->cap ? 2 * x->cap : 64;
+        x->entries = realloc(x->entries, x->cap * sizeof *x->entries);
+        x->blobs = realloc(x->blobs, x->cap * sizeof *x->blobs);
+        if (!x->entries || !x->blobs) abort();
+    }
+    buf_init(&x->blobs[x->n]);
+    buf_append(&x->blobs[x->n], data, len);
+    if (repl_entry_decode(x->blobs[x->n].data, len, &x->entries[x->n]) ||
+        x->entries[x->n].seq != seq) {
+        x->err = MDB_CORRUPTED;
+        buf_free(&x->blobs[x->n]);
+        return -1;
+    }
+    x->n++;
+    return 0;
+}
+
+typedef struct client_ctx {
+    repl_client *rows;
+    buf *blobs;
+    size_t n, cap;
+} client_ctx;
+
+static int load_client(void *arg, const store_client *c)
+{
+    client_ctx *x = arg;
+    size_t rlen = c->rlen;
+    if (x->n == x->cap) {
+        x->cap = x->cap ? 2 * x->cap : 64;
+        x->rows = realloc(x->rows, x->cap * sizeof *x->rows);
+        x->blobs = realloc(x->blobs, x->cap * sizeof *x->blobs);
+        if (!x->rows || !x->blobs) abort();
+    }
+    buf_init(&x->blobs[x->n]);
+    buf_append(&x->blobs[x->n], c->result, rlen);
+    x->rows[x->n] = (repl_client){.client_id = c->client_id,
+                                  .client_seq = c->client_seq,
+                                  .seq = c->seq,
+                                  .rlen = (uint32_t)rlen,
+                                  .result = rlen ? (const uint8_t *)x->blobs[x->n].data : NULL};
+    x->n++;
+    return 0;
+}
+
+static dp_part *part_open(dpart *dp, const cmap_space *cs, uint32_t part)
+{
+    store_txn t;
+    if (store_txn_begin(dp->st, false, &t)) return NULL;
+    dp_part *p = calloc(1, sizeof *p);
+    if (!p) abort();
+    p->space = cs->id;
+    p->part = part;
+    p->sp = kv_space_new(cs->id, cs->schema);
+    load_ctx lx = {0};
+    client_ctx cx = {0};
+    int rc = store_repl_meta_get(&t, cs->id, part, &p->meta);
+    if (!rc) rc = store_log_scan(&t, cs->id, part, p->meta.base_seq + 1, load_entry, &lx);
+    if (!rc) rc = lx.err;
+    if (!rc) rc = store_client_scan(&t, cs->id, part, load_client, &cx);
+    store_txn_abort(&t);
+    repl_opts ro;
+    repl_opts_init(&ro, dp->o.self, cs->id, part);
+    repl_persisted ps = {.epoch = p->meta.epoch,
+                         .applied = p->meta.applied,
+                         .base_seq = p->meta.base_seq,
+                         .base_epoch = p->meta.base_epoch,
+                         .entries = lx.entries,
+                         .n_entries = lx.n,
+                         .clients = cx.rows,
+                         .n_clients = cx.n};
+    bool fresh = !p->meta.epoch && !p->meta.applied && !lx.n && !cx.n;
+    if (!rc) rc = repl_new(&ro, fresh ? NULL : &ps, &p->r);
+    for (size_t i = 0; i < lx.n; i++)
+        buf_free(&lx.blobs[i]);
+    for (size_t i = 0; i < cx.n; i++)
+        buf_free(&cx.blobs[i]);
+    free(lx.entries);
+    free(lx.blobs);
+    free(cx.rows);
+    free(cx.blobs);
+    if (rc) {
+        log_error("event=storage_error cannot load partition %u/%u: error %d", cs->id, part, rc);
+        kv_space_unref(p->sp);
+        free(p);
+        return NULL;
+    }
+    p->next = dp->parts;
+    dp->parts = p;
+    return p;
+}
+
+static void part_configure(dpart *dp, dp_part *p, const cmap_partition *pt)
+{
+    if (pt->epoch <= p->cfg_epoch) return;
+    if (p->busy) {
+        p->cfg_pending = true;
+        return;
+    }
+    uint64_t ids[CMAP_MAX_REPLICAS];
+    uint8_t states[CMAP_MAX_REPLICAS];
+    for (uint32_t i = 0; i < pt->nreplicas; i++) {
+        ids[i] = pt->replicas[i].daemon;
+        states[i] = pt->replicas[i].state;
+    }
+    int rc = repl_config(p->r, pt->epoch, ids, states, pt->nreplicas);
+    if (rc && rc != REPL_ESTALE)
+        log_warn("partition %u/%u: configuration of epoch %" PRIu64 " refused: %s", p->space,
+                 p->part, pt->epoch, repl_strerror(rc));
+    p->cfg_epoch = pt->epoch;
+    part_pump(dp, p);
+}
+
+void dpart_map(dpart *dp, const cmap *m)
+{
+    if (m != dp->map) {
+        buf b;
+        buf_init(&b);
+        cmap_encode(m, &b);
+        cmap *copy;
+        if (cmap_decode(b.data, b.len, &copy) == 0) {
+            cmap_free(dp->map);
+            dp->map = copy;
+        }
+        buf_free(&b);
+    }
+    for (uint32_t i = 0; i < dp->map->nspaces; i++) {
+        const cmap_space *cs = &dp->map->spaces[i];
+        for (uint32_t part = 0; part < cs->schema->partitions; part++) {
+            const cmap_partition *pt = &cs->parts[part];
+            bool mine = false;
+            for (uint32_t j = 0; j < pt->nreplicas; j++)
+                if (pt->replicas[j].daemon == dp->o.self) mine = true;
+            dp_part *p = part_find(dp, cs->id, part);
+            if (!p && !mine) continue;
+            if (!p && !(p = part_open(dp, cs, part))) continue;
+            part_configure(dp, p, pt);
+        }
+    }
+}
+
+/* ---- client commands ----------------------------------------------------------------- */
+
+bool dpart_is_data_command(const char *name, size_t len)
+{
+    return kv_kind_of(name, len) != 0;
+}
+
+typedef struct fwd_ctx {
+    net_reply *reply;
+    char to[96];
+} fwd_ctx;
+
+static void reply_encode(buf *out, const resp_reply *r)
+{
+    switch (r->type) {
+    case RESP_R_STATUS:
+        resp_add_simple(out, r->str);
+        break;
+    case RESP_R_ERROR:
+        resp_add_error(out, r->str);
+        break;
+    case RESP_R_INT:
+        resp_add_int(out, r->integer);
+        break;
+    case RESP_R_BULK:
+        resp_add_bulk(out, r->str, r->len);
+        break;
+    case RESP_R_NIL:
+        resp_add_nil(out);
+        break;
+    case RESP_R_ARRAY:
+        resp_add_array(out, (long long)r->elements);
+        for (size_t i = 0; i < r->elements; i++)
+            reply_encode(out, r->element[i]);
+        break;
+    }
+}
+
+static void on_forwarded(void *arg, const resp_reply *r, int status)
+{
+    fwd_ctx *f = arg;
+    buf *out = net_reply_buf(f->reply);
+    if (status < 0 || !r)
+        resp_add_errorf(out, "TRYAGAIN the partition's primary at %s is unreachable from here",
+                        f->to);
+    else
+        reply_encode(out, r);
+    net_reply_done(f->reply);
+    free(f);
+}
+
+static void forward(dpart *dp, net_conn *c, uint64_t primary, int argc, char **argv,
+                    size_t *argvlen)
+{
+    dp_peer *pe = peer_get(dp, primary);
+    if (!pe) {
+        resp_add_error(net_reply_now(c), "TRYAGAIN the partition's primary is unknown here");
+        return;
+    }
+    fwd_ctx *f = calloc(1, sizeof *f);
+    if (!f) abort();
+    f->reply = net_reply_defer(c);
+    snprintf(f->to, sizeof f->to, "%s", rclient_addr(pe->fwd));
+    const char **av = malloc(sizeof(char *) * (size_t)(argc + 1));
+    size_t *al = malloc(sizeof(size_t) * (size_t)(argc + 1));
+    if (!av || !al) abort();
+    av[0] = "FWD";
+    al[0] = 3;
+    for (int i = 0; i < argc; i++) {
+        av[i + 1] = argv[i];
+        al[i + 1] = argvlen[i];
+    }
+    rclient_send(pe->fwd, argc + 1, av, al, on_forwarded, f);
+    free(av);
+    free(al);
+}
+
+void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen)
+{
+    bool forwarded = false;
+    if (is(argv[0], argvlen[0], "FWD") && argc > 1) {
+        forwarded = true;
+        argc--, argv++, argvlen++;
+    }
+    if (argc < 2) {
+        resp_add_errorf(net_reply_now(c), "ERR wrong number of arguments for '%.*s'",
+                        (int)argvlen[0], argv[0]);
+        return;
+    }
+    const cmap_space *cs = cmap_space_find(dp->map, argv[1], argvlen[1]);
+    if (!cs) {
+        kv_reply_nospace(net_reply_now(c), argv[1], argvlen[1]);
+        return;
+    }
+    int kind = kv_kind_of(argv[0], argvlen[0]);
+    if (kind == KV_SEARCH || kind == KV_COUNT) {
+        /* spans partitions held by several daemons: not served by daemons yet */
+        resp_add_error(net_reply_now(c),
+                       "ERR SEARCH and COUNT across daemons are not built yet; use GET");
+        return;
+    }
+    if (argc < 3) {
+        resp_add_errorf(net_reply_now(c), "ERR wrong number of arguments for '%.*s'",
+                        (int)argvlen[0], argv[0]);
+        return;
+    }
+    /* The key picks the partition; the primary validates the rest. */
+    uint32_t part = cmap_partition_of(cs, argv[2], argvlen[2]);
+    const cmap_partition *pt = &cs->parts[part];
+    uint64_t primary = pt->nreplicas ? pt->replicas[0].daemon : 0;
+    if (pt->health == CMAP_H_UNAVAILABLE || !primary) {
+        resp_add_errorf(net_reply_now(c), "UNAVAILABLE partition %u of %s has no live replica",
+                        part, cs->schema->name);
+        return;
+    }
+    if (primary != dp->o.self) {
+        if (forwarded)
+            resp_add_error(net_reply_now(c), "TRYAGAIN this daemon is not the partition's primary");
+        else
+            forward(dp, c, primary, argc, argv, argvlen);
+        return;
+    }
+    if (!dp->o.lease_ok(dp->o.lease_arg)) {
+        resp_add_error(net_reply_now(c), "NOQUORUM this daemon cannot reach the coordinator "
+                                         "majority; it serves nothing");
+        return;
+    }
+    dp_part *p = part_find(dp, cs->id, part);
+    if (!p || !repl_readable(p->r)) {
+        resp_add_error(net_reply_now(c), "TRYAGAIN this partition is not serving yet");
+        return;
+    }
+    kv_op *op;
+    buf err;
+    buf_init(&err);
+    if (kv_parse(cs, p->sp, argc, argv, argvlen, dp->o.max_key, &op, &err)) {
+        buf_append(net_reply_now(c), err.data, err.len);
+        buf_free(&err);
+        return;
+    }
+    buf_free(&err);
+    kv_op_detach(op);
+    if (!kv_is_write(op->kind)) {
+        if (!net_conn_busy(c)) {
+            serve_read(dp, p, op, net_reply_now(c));
+            kv_op_free(op);
+            return;
+        }
+        repl_status st;
+        repl_status_get(p->r, &st);
+        dp_wait *w = calloc(1, sizeof *w);
+        if (!w) abort();
+        w->seq = st.last;
+        w->op = op;
+        w->reply = net_reply_defer(c);
+        w->next = p->waits;
+        p->waits = w;
+        serve_waits(dp, p);
+        return;
+    }
+    net_reply *reply = net_reply_defer(c);
+    if (p->busy) {
+        dp_input *in = calloc(1, sizeof *in);
+        if (!in) abort();
+        in->kind = IN_WRITE;
+        in->op = op;
+        in->reply = reply;
+        enqueue(p, in);
+        return;
+    }
+    write_now(dp, p, op, reply);
+    part_pump(dp, p);
+}
+
+/* ---- peers ---------------------------------------------------------------------------- */
+
+static void peer_dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argvlen)
+{
+    dpart *dp = arg;
+    if (is(argv[0], argvlen[0], "REPL") && argc == 2) {
+        repl_msg m;
+        if (repl_msg_decode(argv[1], argvlen[1], &m)) {
+            log_warn("dropping an undecodable replication message from %s", net_conn_peer(c));
+            return;
+        }
+        dp_part *p = m.to == dp->o.self ? part_find(dp, m.space, m.part) : NULL;
+        if (p && p->busy) {
+            dp_input *in = calloc(1, sizeof *in);
+            if (!in) abort();
+            in->kind = IN_MSG;
+            buf_init(&in->bytes);
+            buf_append(&in->bytes, argv[1], argvlen[1]);
+            enqueue(p, in);
+        } else if (p) {
+            repl_recv(p->r, &m);
+            part_pump(dp, p);
+        }
+        repl_msg_free(&m);
+        return;
+    }
+    if (is(argv[0], argvlen[0], "PING")) {
+        resp_add_simple(net_reply_now(c), "PONG");
+        return;
+    }
+    resp_add_error(net_reply_now(c), "ERR the peer port takes only replication traffic");
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    dpart *dp = t->data;
+    for (dp_part *p = dp->parts; p; p = p->next) {
+        if (p->retry && p->busy) {
+            p->retry = false;
+            memset(&p->item.base, 0, sizeof p->item.base);
+            p->item.base.exec = exec_ready;
+            commit_submit(dp->cm, &p->item.base, &p->item.base);
+            continue;
+        }
+        if (p->busy) continue;
+        repl_tick(p->r);
+        part_pump(dp, p);
+    }
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    rtxn_release(h->data);
+}
+
+/* ---- life cycle ------------------------------------------------------------------------- */
+
+int dpart_start(dpart **out, uv_loop_t *loop, const dpart_opts *o, char *err, size_t errlen)
+{
+    dpart *dp = calloc(1, sizeof *dp);
+    if (!dp) abort();
+    dp->o = *o;
+    dp->loop = loop;
+    dp->map = cmap_new();
+    if (store_open(&dp->st, o->dir, o->sync_policy, STORE_DEFAULT_MAP_SIZE, err, errlen))
+        goto err_after_alloc;
+    if (store_txn_begin(dp->st, false, &dp->rtxn)) {
+        snprintf(err, errlen, "cannot begin a read transaction");
+        goto err_after_store;
+    }
+    store_txn_reset(&dp->rtxn);
+    if (commit_start(&dp->cm, dp->st, loop, on_ready_done, dp)) {
+        snprintf(err, errlen, "cannot start the storage thread");
+        goto err_after_rtxn;
+    }
+    net_config pc = {
+        .host = o->host,
+        .port = o->peer_port,
+        .limits = {REPL_MAX_VALUE * 2 + (1u << 20), 8, REPL_MAX_VALUE * 2 + (1u << 20)},
+        .max_conns = 4096,
+        .dispatch = peer_dispatch,
+        .arg = dp};
+    if (net_server_start(&dp->peer_net, loop, &pc, err, errlen)) goto err_after_commit;
+    uv_timer_init(loop, &dp->tick);
+    dp->tick.data = dp;
+    uv_timer_start(&dp->tick, on_tick, TICK_MS, TICK_MS);
+    uv_prepare_init(loop, &dp->prepare);
+    dp->prepare.data = dp;
+    uv_prepare_start(&dp->prepare, on_prepare);
+    *out = dp;
+    return 0;
+
+err_after_commit:
+    commit_stop(dp->cm);
+err_after_rtxn:
+    store_txn_abort(&dp->rtxn);
+err_after_store:
+    store_close(dp->st);
+err_after_alloc:
+    cmap_free(dp->map);
+    free(dp);
+    return -1;
+}
+
+void dpart_stop(dpart *dp)
+{
+    if (!dp) return;
+    dp->stopping = true;
+    uv_timer_stop(&dp->tick);
+    uv_close((uv_handle_t *)&dp->tick, NULL);
+    uv_prepare_stop(&dp->prepare);
+    uv_close((uv_handle_t *)&dp->prepare, NULL);
+    net_server_close(dp->peer_net);
+    commit_stop(dp->cm); /* runs the last completions */
+    for (size_t i = 0; i < dp->npeers; i++) {
+        rclient_close(dp->peers[i].repl);
+        rclient_close(dp->peers[i].fwd);
+    }
+    while (dp->parts) {
+        dp_part *p = dp->parts;
+        dp->parts = p->next;
+        while (p->in_head) {
+            dp_input *in = p->in_head;
+            p->in_head = in->next;
+            if (in->kind == IN_WRITE) {
+                resp_add_error(net_reply_buf(in->reply), "TRYAGAIN the daemon is shutting down");
+                net_reply_done(in->reply);
+                kv_op_free(in->op);
+            }
+            buf_free(&in->bytes);
+            free(in);
+        }
+        while (p->waits) {
+            dp_wait *w = p->waits;
+            p->waits = w->next;
+            resp_add_error(net_reply_buf(w->reply), "TRYAGAIN the daemon is shutting down");
+            net_reply_done(w->reply);
+            kv_op_free(w->op);
+            free(w);
+        }
+        repl_free(p->r);
+        kv_space_unref(p->sp);
+        free(p);
+    }
+    rtxn_release(dp);
+    store_txn_abort(&dp->rtxn);
+    store_close(dp->st);
+    cmap_free(dp->map);
+    free(dp);
+}

@@ -1,0 +1,42 @@
+/* dpart: a daemon's data plane — the partitions it holds, replicated with
+ * repl.c, stored with store.c through the group-commit thread (commit.c), and
+ * the data commands clients send to the daemon.
+ *
+ * daemon.c owns registration, heartbeats and the lease; it hands dpart the
+ * cluster map whenever a newer one arrives, tells it whether the lease is
+ * valid, and passes it every data command.
+ */
+#ifndef KEEL_DPART_H
+#define KEEL_DPART_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cmap.h"
+#include "net.h"
+
+typedef struct dpart dpart;
+
+typedef struct dpart_opts {
+    const char *dir;  /* data directory (the LMDB environment lives here) */
+    const char *host; /* this daemon's address (outgoing connections bind to it) */
+    int peer_port;    /* replication port */
+    int sync_policy;  /* enum store_sync */
+    size_t max_key;
+    uint64_t self;               /* daemon id */
+    bool (*lease_ok)(void *arg); /* is the daemon's lease valid now (DESIGN I1) */
+    void *lease_arg;
+} dpart_opts;
+
+/* Opens the store and listens on the peer port. -1 with a message on error. */
+int dpart_start(dpart **out, uv_loop_t *loop, const dpart_opts *o, char *err, size_t errlen);
+/* A newer cluster map (not retained: dpart copies what it needs). */
+void dpart_map(dpart *dp, const cmap *m);
+/* True if argv[0] is a data command dpart handles. */
+bool dpart_is_data_command(const char *name, size_t len);
+void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen);
+/* Stops: pending writes fail, the store is synced and closed. */
+void dpart_stop(dpart *dp);
+
+#endif
