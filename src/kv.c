@@ -1,6 +1,8 @@
-/* kv: parsing and execution of the data commands (see kv.h). */
+/* kv: parsing, pure computation (kv_compute), execution (kv_exec) and
+ * replicated application (kv_apply_*) of the data commands; see kv.h. */
 #include "kv.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -330,18 +332,6 @@ static void add_object(buf *out, const space_schema *s, const obj_value *vals)
     }
 }
 
-/* Loads the object at op's key into vals; 1 if absent, 0 if present, else a
- * storage error. */
-static int load(store_txn *t, const kv_op *op, obj_value *vals)
-{
-    const void *data;
-    size_t len;
-    int rc = store_obj_get(t, op->sp->id, op->part, op->key, op->klen, &data, &len);
-    if (rc == MDB_NOTFOUND) return 1;
-    if (rc) return rc;
-    return obj_decode(op->sp->schema, data, len, vals) ? MDB_CORRUPTED : 0;
-}
-
 static int bump_seq(store_txn *t, const kv_op *op)
 {
     store_part_meta m;
@@ -351,16 +341,20 @@ static int bump_seq(store_txn *t, const kv_op *op)
     return store_part_meta_put(t, op->sp->id, op->part, &m);
 }
 
-/* Writes newv as op's object (oldv: the previous values or NULL). */
-static int write_obj(store_txn *t, const kv_op *op, const obj_value *oldv, const obj_value *newv)
+/* Copies the stored object at key into cur (invariant 4); *exists says
+ * whether there was one. 0 or a storage error. */
+static int load_copy(store_txn *t, uint32_t space, uint32_t part, const void *key, size_t klen,
+                     buf *cur, bool *exists)
 {
-    buf enc;
-    buf_init(&enc);
-    obj_encode(op->sp->schema, newv, &enc);
-    int rc = store_obj_put(t, op->sp->schema, op->sp->id, op->part, op->key, op->klen, oldv, newv,
-                           enc.data, enc.len);
-    buf_free(&enc);
-    return rc ? rc : bump_seq(t, op);
+    const void *data;
+    size_t len;
+    *exists = false;
+    int rc = store_obj_get(t, space, part, key, klen, &data, &len);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    buf_append(cur, data, len);
+    *exists = true;
+    return 0;
 }
 
 static bool pred_holds(const kv_pred *p, const obj_value *v)
@@ -529,44 +523,45 @@ static int exec_search(store_txn *t, const kv_op *op, buf *reply)
     return rc;
 }
 
-int kv_exec(store_txn *t, const kv_op *op, buf *reply)
+/* ---- point operations ------------------------------------------------------ */
+
+static void reply_notfound(buf *out, const space_schema *s)
+{
+    resp_add_errorf(out, "NOTFOUND no object with that key in space '%s'", s->name);
+}
+
+/* The semantics of every point command. oldv receives the decoded current
+ * object (when exists) and newv the resulting one (KV_W_PUT); both point into
+ * cur and op. r has been initialised. */
+static int compute(const kv_op *op, const void *cur, size_t curlen, bool exists, obj_value *oldv,
+                   obj_value *newv, kv_result *r)
 {
     const space_schema *s = op->sp->schema;
-    obj_value oldv[SPACE_MAX_ATTRS], newv[SPACE_MAX_ATTRS];
-    int rc;
-    if (op->kind == KV_SEARCH || op->kind == KV_COUNT) return exec_search(t, op, reply);
-    rc = load(t, op, oldv);
-    if (rc < 0 || rc > 1) return rc;
-    bool exists = rc == 0;
+    if (op->kind == KV_SEARCH || op->kind == KV_COUNT) return MDB_INVALID;
+    if (exists && obj_decode(s, cur, curlen, oldv)) return MDB_CORRUPTED;
     switch (op->kind) {
     case KV_GET:
         if (!exists) {
-            resp_add_nil(reply);
+            resp_add_nil(&r->reply);
         } else {
-            resp_add_array(reply, 2 * (long long)s->nattrs);
-            add_object(reply, s, oldv);
+            resp_add_array(&r->reply, 2 * (long long)s->nattrs);
+            add_object(&r->reply, s, oldv);
         }
         return 0;
     case KV_DEL:
-        if (!exists) {
-            resp_add_int(reply, 0);
-            return 0;
-        }
-        if ((rc = store_obj_del(t, s, op->sp->id, op->part, op->key, op->klen, oldv)) ||
-            (rc = bump_seq(t, op)))
-            return rc;
-        resp_add_int(reply, 1);
+        if (exists) r->write = KV_W_DEL;
+        resp_add_int(&r->reply, exists ? 1 : 0);
         return 0;
     case KV_PUT:
     case KV_CPUT:
         if (op->kind == KV_CPUT) {
             if (!exists) {
-                resp_add_errorf(reply, "NOTFOUND no object with that key in space '%s'", s->name);
+                reply_notfound(&r->reply, s);
                 return 0;
             }
             for (uint32_t i = 0; i < op->ncond; i++)
                 if (obj_compare(&oldv[op->cond[i].attr], &op->cond[i].v) != 0) {
-                    resp_add_errorf(reply, "CMPFAIL attribute '%s' does not match",
+                    resp_add_errorf(&r->reply, "CMPFAIL attribute '%s' does not match",
                                     s->attrs[op->cond[i].attr].name);
                     return 0;
                 }
@@ -577,26 +572,116 @@ int kv_exec(store_txn *t, const kv_op *op, buf *reply)
             obj_zero(s, newv);
         for (uint32_t i = 0; i < op->nset; i++)
             newv[op->set[i].attr] = op->set[i].v;
-        if ((rc = write_obj(t, op, exists ? oldv : NULL, newv))) return rc;
-        resp_add_simple(reply, "OK");
+        r->write = KV_W_PUT;
+        obj_encode(s, newv, &r->value);
+        resp_add_simple(&r->reply, "OK");
         return 0;
     case KV_ADD: {
         if (!exists) {
-            resp_add_errorf(reply, "NOTFOUND no object with that key in space '%s'", s->name);
+            reply_notfound(&r->reply, s);
             return 0;
         }
-        int64_t cur = oldv[op->attr].u.i, res;
-        if (__builtin_add_overflow(cur, op->delta, &res)) {
-            resp_add_errorf(reply, "OVERFLOW attribute '%s' would overflow (%lld + %lld)",
-                            s->attrs[op->attr].name, (long long)cur, (long long)op->delta);
+        int64_t now = oldv[op->attr].u.i, res;
+        if (__builtin_add_overflow(now, op->delta, &res)) {
+            resp_add_errorf(&r->reply, "OVERFLOW attribute '%s' would overflow (%lld + %lld)",
+                            s->attrs[op->attr].name, (long long)now, (long long)op->delta);
             return 0;
         }
         memcpy(newv, oldv, sizeof(obj_value) * s->nattrs);
         newv[op->attr].u.i = res;
-        if ((rc = write_obj(t, op, oldv, newv))) return rc;
-        resp_add_int(reply, res);
+        r->write = KV_W_PUT;
+        obj_encode(s, newv, &r->value);
+        resp_add_int(&r->reply, res);
         return 0;
     }
     }
     return MDB_INVALID;
+}
+
+static void result_init(kv_result *r)
+{
+    r->write = KV_W_NONE;
+    buf_init(&r->value);
+    buf_init(&r->reply);
+}
+
+int kv_compute(const kv_op *op, const void *cur, size_t curlen, bool exists, kv_result *out)
+{
+    obj_value oldv[SPACE_MAX_ATTRS], newv[SPACE_MAX_ATTRS];
+    result_init(out);
+    int rc = compute(op, cur, curlen, exists, oldv, newv, out);
+    if (rc) {
+        kv_result_free(out);
+        result_init(out);
+    }
+    return rc;
+}
+
+void kv_result_free(kv_result *r)
+{
+    buf_free(&r->value);
+    buf_free(&r->reply);
+    r->write = KV_W_NONE;
+}
+
+int kv_exec(store_txn *t, const kv_op *op, buf *reply)
+{
+    if (op->kind == KV_SEARCH || op->kind == KV_COUNT) return exec_search(t, op, reply);
+    const space_schema *s = op->sp->schema;
+    obj_value oldv[SPACE_MAX_ATTRS], newv[SPACE_MAX_ATTRS];
+    buf cur;
+    bool exists;
+    kv_result r;
+    buf_init(&cur);
+    result_init(&r);
+    int rc = load_copy(t, op->sp->id, op->part, op->key, op->klen, &cur, &exists);
+    if (rc) goto out;
+    if ((rc = compute(op, cur.data, cur.len, exists, oldv, newv, &r))) goto out;
+    if (r.write == KV_W_PUT)
+        rc = store_obj_put(t, s, op->sp->id, op->part, op->key, op->klen, exists ? oldv : NULL,
+                           newv, r.value.data, r.value.len);
+    else if (r.write == KV_W_DEL)
+        rc = store_obj_del(t, s, op->sp->id, op->part, op->key, op->klen, oldv);
+    if (!rc && r.write != KV_W_NONE) rc = bump_seq(t, op);
+    if (!rc) buf_append(reply, r.reply.data, r.reply.len);
+out:
+    kv_result_free(&r);
+    buf_free(&cur);
+    return rc;
+}
+
+/* ---- applying final states ------------------------------------------------- */
+
+int kv_apply_put(store_txn *t, const kv_space *sp, uint32_t part, const void *key, size_t klen,
+                 const void *enc, size_t enclen)
+{
+    const space_schema *s = sp->schema;
+    obj_value oldv[SPACE_MAX_ATTRS], newv[SPACE_MAX_ATTRS];
+    if (obj_decode(s, enc, enclen, newv)) return EINVAL;
+    if (klen > STORE_MAX_KEY) return MDB_BAD_VALSIZE;
+    buf cur;
+    bool exists;
+    buf_init(&cur);
+    int rc = load_copy(t, sp->id, part, key, klen, &cur, &exists);
+    if (!rc && exists && obj_decode(s, cur.data, cur.len, oldv)) rc = MDB_CORRUPTED;
+    if (!rc)
+        rc = store_obj_put(t, s, sp->id, part, key, klen, exists ? oldv : NULL, newv, enc,
+                           enclen);
+    buf_free(&cur);
+    return rc;
+}
+
+int kv_apply_del(store_txn *t, const kv_space *sp, uint32_t part, const void *key, size_t klen)
+{
+    const space_schema *s = sp->schema;
+    obj_value oldv[SPACE_MAX_ATTRS];
+    if (klen > STORE_MAX_KEY) return MDB_BAD_VALSIZE;
+    buf cur;
+    bool exists;
+    buf_init(&cur);
+    int rc = load_copy(t, sp->id, part, key, klen, &cur, &exists);
+    if (!rc && exists && obj_decode(s, cur.data, cur.len, oldv)) rc = MDB_CORRUPTED;
+    if (!rc && exists) rc = store_obj_del(t, s, sp->id, part, key, klen, oldv);
+    buf_free(&cur);
+    return rc;
 }

@@ -1,5 +1,6 @@
-/* store: LMDB-backed objects, indexes and metadata (see store.h for the
- * layout and invariants). */
+/* store: LMDB-backed objects, indexes, metadata, and the replication state
+ * (partition logs, replication metadata, client tables); see store.h for the
+ * layout and invariants. */
 #include "store.h"
 
 #include <errno.h>
@@ -13,11 +14,19 @@ struct store {
     MDB_dbi obj;
     MDB_dbi idx;
     MDB_dbi meta;
+    MDB_dbi log;
+    MDB_dbi repl;
+    MDB_dbi client;
     int sync_policy;
 };
 
 #define OBJ_PREFIX 8  /* space, partition */
 #define IDX_PREFIX 10 /* space, partition, attribute */
+#define LOG_KEY 16    /* space, partition, seq */
+#define CLIENT_KEY 16 /* space, partition, client id */
+#define REPL_META_LEN 33
+#define CLIENT_HDR 21 /* version, client_seq, seq, result length */
+#define RECORD_VERSION 1
 
 int store_sync_parse(const char *name)
 {
@@ -56,7 +65,7 @@ int store_open(store **out, const char *dir, int sync_policy, size_t map_size, c
     s->sync_policy = sync_policy;
     int rc = mdb_env_create(&s->env);
     if (rc) goto err_after_alloc;
-    if ((rc = mdb_env_set_maxdbs(s->env, 8)) || (rc = mdb_env_set_mapsize(s->env, map_size)))
+    if ((rc = mdb_env_set_maxdbs(s->env, 16)) || (rc = mdb_env_set_mapsize(s->env, map_size)))
         goto err_after_env;
     /* ALWAYS lets LMDB sync data pages then the meta page in every commit;
      * the other policies sync through store_sync. */
@@ -68,7 +77,10 @@ int store_open(store **out, const char *dir, int sync_policy, size_t map_size, c
     if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) goto err_after_env;
     if ((rc = mdb_dbi_open(txn, "obj", MDB_CREATE, &s->obj)) ||
         (rc = mdb_dbi_open(txn, "idx", MDB_CREATE, &s->idx)) ||
-        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta))) {
+        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) ||
+        (rc = mdb_dbi_open(txn, "log", MDB_CREATE, &s->log)) ||
+        (rc = mdb_dbi_open(txn, "repl", MDB_CREATE, &s->repl)) ||
+        (rc = mdb_dbi_open(txn, "client", MDB_CREATE, &s->client))) {
         mdb_txn_abort(txn);
         goto err_after_env;
     }
@@ -334,7 +346,10 @@ int store_drop_space(store_txn *t, uint32_t space)
     unsigned char p[16];
     obj_key(p, space, 0, "", 0);
     int rc;
-    if ((rc = del_prefix(t, t->s->obj, p, 4)) || (rc = del_prefix(t, t->s->idx, p, 4))) return rc;
+    if ((rc = del_prefix(t, t->s->obj, p, 4)) || (rc = del_prefix(t, t->s->idx, p, 4)) ||
+        (rc = del_prefix(t, t->s->log, p, 4)) || (rc = del_prefix(t, t->s->repl, p, 4)) ||
+        (rc = del_prefix(t, t->s->client, p, 4)))
+        return rc;
     unsigned char m[6] = {'p', '/', p[0], p[1], p[2], p[3]};
     return del_prefix(t, t->s->meta, m, sizeof m);
 }
@@ -400,4 +415,302 @@ int store_count(store_txn *t, uint32_t space, uint32_t part, uint64_t *n)
 {
     *n = 0;
     return store_scan(t, space, part, count_cb, n);
+}
+
+/* ---- replication: the partition log --------------------------------------- */
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (24 - 8 * i));
+}
+
+/* (space, part, u64) keys of the log and client databases. */
+static size_t key16(unsigned char *k, uint32_t space, uint32_t part, uint64_t n)
+{
+    obj_key(k, space, part, "", 0);
+    put_u64(k + OBJ_PREFIX, n);
+    return 16;
+}
+
+int store_log_put(store_txn *t, uint32_t space, uint32_t part, uint64_t seq, const void *data,
+                  size_t len)
+{
+    unsigned char k[LOG_KEY];
+    MDB_val mk = {key16(k, space, part, seq), k}, mv = {len, (void *)data};
+    return mdb_put(t->txn, t->s->log, &mk, &mv, 0);
+}
+
+int store_log_get(store_txn *t, uint32_t space, uint32_t part, uint64_t seq, const void **data,
+                  size_t *len)
+{
+    unsigned char k[LOG_KEY];
+    MDB_val mk = {key16(k, space, part, seq), k}, mv;
+    int rc = mdb_get(t->txn, t->s->log, &mk, &mv);
+    if (rc) return rc;
+    *data = mv.mv_data;
+    *len = mv.mv_size;
+    return 0;
+}
+
+/* Deletes the keys of one partition's log with lo <= seq <= hi. */
+static int log_delete_range(store_txn *t, uint32_t space, uint32_t part, uint64_t lo, uint64_t hi)
+{
+    unsigned char start[LOG_KEY], end[LOG_KEY];
+    key16(start, space, part, lo);
+    key16(end, space, part, hi);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t->txn, t->s->log, &c);
+    if (rc) return rc;
+    MDB_val k = {sizeof start, start}, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    /* Every key of this database is LOG_KEY bytes, so memcmp against the
+     * full end key is the (space, part, seq) order. */
+    while (rc == 0) {
+        if (k.mv_size != LOG_KEY) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (memcmp(k.mv_data, end, LOG_KEY) > 0) break;
+        if ((rc = mdb_cursor_del(c, 0))) break;
+        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(c);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int store_log_delete_from(store_txn *t, uint32_t space, uint32_t part, uint64_t from)
+{
+    return log_delete_range(t, space, part, from, UINT64_MAX);
+}
+
+int store_log_delete_through(store_txn *t, uint32_t space, uint32_t part, uint64_t through)
+{
+    return log_delete_range(t, space, part, 0, through);
+}
+
+int store_log_bounds(store_txn *t, uint32_t space, uint32_t part, uint64_t *first,
+                     uint64_t *last)
+{
+    *first = *last = 0;
+    unsigned char lo[LOG_KEY], hi[LOG_KEY];
+    key16(lo, space, part, 0);
+    key16(hi, space, part, UINT64_MAX);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t->txn, t->s->log, &c);
+    if (rc) return rc;
+    MDB_val k = {sizeof lo, lo}, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc) goto done;
+    if (k.mv_size != LOG_KEY || memcmp(k.mv_data, lo, OBJ_PREFIX) != 0) {
+        rc = MDB_NOTFOUND;
+        goto done;
+    }
+    uint64_t f = get_u64be((const char *)k.mv_data + OBJ_PREFIX);
+    /* The last entry: the first key past the partition's range, one back. */
+    k.mv_size = sizeof hi;
+    k.mv_data = hi;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && !(k.mv_size == LOG_KEY && memcmp(k.mv_data, hi, LOG_KEY) == 0))
+        rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    else if (rc == MDB_NOTFOUND)
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    if (rc) goto done;
+    if (k.mv_size != LOG_KEY || memcmp(k.mv_data, lo, OBJ_PREFIX) != 0) {
+        rc = MDB_CORRUPTED; /* the first lookup saw an entry of this partition */
+        goto done;
+    }
+    *first = f;
+    *last = get_u64be((const char *)k.mv_data + OBJ_PREFIX);
+done:
+    mdb_cursor_close(c);
+    return rc;
+}
+
+struct log_scan_ctx {
+    store_log_cb cb;
+    void *arg;
+};
+
+static int scan_log(void *arg, MDB_val *k, MDB_val *v)
+{
+    struct log_scan_ctx *x = arg;
+    if (k->mv_size != LOG_KEY) return MDB_CORRUPTED;
+    return x->cb(x->arg, get_u64be((const char *)k->mv_data + OBJ_PREFIX), v->mv_data, v->mv_size);
+}
+
+int store_log_scan(store_txn *t, uint32_t space, uint32_t part, uint64_t from, store_log_cb cb,
+                   void *arg)
+{
+    unsigned char k[LOG_KEY];
+    key16(k, space, part, from);
+    struct log_scan_ctx x = {cb, arg};
+    return walk(t, t->s->log, k, OBJ_PREFIX, k, sizeof k, scan_log, &x);
+}
+
+/* ---- replication: per-partition metadata ---------------------------------- */
+
+static int repl_meta_decode(const MDB_val *v, store_repl_meta *m)
+{
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size != REPL_META_LEN || p[0] != RECORD_VERSION) return MDB_CORRUPTED;
+    m->epoch = get_u64be(p + 1);
+    m->applied = get_u64be(p + 9);
+    m->base_seq = get_u64be(p + 17);
+    m->base_epoch = get_u64be(p + 25);
+    return 0;
+}
+
+int store_repl_meta_get(store_txn *t, uint32_t space, uint32_t part, store_repl_meta *m)
+{
+    unsigned char kb[OBJ_PREFIX];
+    MDB_val k = {obj_key(kb, space, part, "", 0), kb}, v;
+    memset(m, 0, sizeof *m);
+    int rc = mdb_get(t->txn, t->s->repl, &k, &v);
+    if (rc == MDB_NOTFOUND) return 0;
+    if (rc) return rc;
+    rc = repl_meta_decode(&v, m);
+    if (rc) memset(m, 0, sizeof *m);
+    return rc;
+}
+
+int store_repl_meta_put(store_txn *t, uint32_t space, uint32_t part, const store_repl_meta *m)
+{
+    unsigned char kb[OBJ_PREFIX], vb[REPL_META_LEN];
+    vb[0] = RECORD_VERSION;
+    put_u64(vb + 1, m->epoch);
+    put_u64(vb + 9, m->applied);
+    put_u64(vb + 17, m->base_seq);
+    put_u64(vb + 25, m->base_epoch);
+    MDB_val k = {obj_key(kb, space, part, "", 0), kb}, v = {sizeof vb, vb};
+    return mdb_put(t->txn, t->s->repl, &k, &v, 0);
+}
+
+struct repl_scan_ctx {
+    store_repl_meta_cb cb;
+    void *arg;
+};
+
+static int scan_repl(void *arg, MDB_val *k, MDB_val *v)
+{
+    struct repl_scan_ctx *x = arg;
+    store_repl_meta m;
+    if (k->mv_size != OBJ_PREFIX || repl_meta_decode(v, &m)) return MDB_CORRUPTED;
+    return x->cb(x->arg, get_u32be(k->mv_data), get_u32be((const char *)k->mv_data + 4), &m);
+}
+
+int store_repl_meta_scan(store_txn *t, store_repl_meta_cb cb, void *arg)
+{
+    /* Every key is 8 bytes: starting at eight zero bytes is the first key
+     * (LMDB refuses an empty key), and the empty prefix matches them all. */
+    static const unsigned char zero[OBJ_PREFIX];
+    struct repl_scan_ctx x = {cb, arg};
+    return walk(t, t->s->repl, zero, 0, zero, sizeof zero, scan_repl, &x);
+}
+
+/* ---- replication: the client table ---------------------------------------- */
+
+static int client_decode(const MDB_val *k, const MDB_val *v, store_client *c)
+{
+    const unsigned char *p = v->mv_data;
+    if (k->mv_size != CLIENT_KEY || v->mv_size < CLIENT_HDR || p[0] != RECORD_VERSION)
+        return MDB_CORRUPTED;
+    uint32_t rlen = get_u32be(p + 17);
+    if (v->mv_size - CLIENT_HDR != rlen) return MDB_CORRUPTED;
+    c->client_id = get_u64be((const char *)k->mv_data + OBJ_PREFIX);
+    c->client_seq = get_u64be(p + 1);
+    c->seq = get_u64be(p + 9);
+    c->rlen = rlen;
+    c->result = rlen ? p + CLIENT_HDR : NULL;
+    return 0;
+}
+
+int store_client_put(store_txn *t, uint32_t space, uint32_t part, const store_client *c)
+{
+    unsigned char kb[CLIENT_KEY];
+    MDB_val k = {key16(kb, space, part, c->client_id), kb},
+            v = {CLIENT_HDR + (size_t)c->rlen, NULL};
+    /* Reserve the value in place and fill it: no temporary copy. */
+    int rc = mdb_put(t->txn, t->s->client, &k, &v, MDB_RESERVE);
+    if (rc) return rc;
+    unsigned char *p = v.mv_data;
+    p[0] = RECORD_VERSION;
+    put_u64(p + 1, c->client_seq);
+    put_u64(p + 9, c->seq);
+    put_u32(p + 17, c->rlen);
+    if (c->rlen) memcpy(p + CLIENT_HDR, c->result, c->rlen);
+    return 0;
+}
+
+int store_client_get(store_txn *t, uint32_t space, uint32_t part, uint64_t client_id,
+                     store_client *c)
+{
+    unsigned char kb[CLIENT_KEY];
+    MDB_val k = {key16(kb, space, part, client_id), kb}, v;
+    memset(c, 0, sizeof *c);
+    int rc = mdb_get(t->txn, t->s->client, &k, &v);
+    if (rc) return rc;
+    rc = client_decode(&k, &v, c);
+    if (rc) memset(c, 0, sizeof *c);
+    return rc;
+}
+
+struct client_scan_ctx {
+    store_client_cb cb;
+    void *arg;
+};
+
+static int scan_client(void *arg, MDB_val *k, MDB_val *v)
+{
+    struct client_scan_ctx *x = arg;
+    store_client c;
+    if (client_decode(k, v, &c)) return MDB_CORRUPTED;
+    return x->cb(x->arg, &c);
+}
+
+int store_client_scan(store_txn *t, uint32_t space, uint32_t part, store_client_cb cb,
+                      void *arg)
+{
+    unsigned char p[OBJ_PREFIX];
+    obj_key(p, space, part, "", 0);
+    struct client_scan_ctx x = {cb, arg};
+    return walk(t, t->s->client, p, OBJ_PREFIX, p, OBJ_PREFIX, scan_client, &x);
+}
+
+int store_client_delete_all(store_txn *t, uint32_t space, uint32_t part)
+{
+    unsigned char p[OBJ_PREFIX];
+    obj_key(p, space, part, "", 0);
+    return del_prefix(t, t->s->client, p, OBJ_PREFIX);
+}
+
+/* ---- replication: partition copies ---------------------------------------- */
+
+static int del_key(store_txn *t, MDB_dbi dbi, const void *key, size_t klen)
+{
+    MDB_val k = {klen, (void *)key};
+    int rc = mdb_del(t->txn, dbi, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int store_part_clear(store_txn *t, uint32_t space, uint32_t part)
+{
+    unsigned char p[OBJ_PREFIX], m[10];
+    obj_key(p, space, part, "", 0);
+    int rc;
+    /* idx keys start with (space, part, attr): the 8-byte prefix covers
+     * every attribute of this partition and nothing else. */
+    if ((rc = del_prefix(t, t->s->obj, p, OBJ_PREFIX)) ||
+        (rc = del_prefix(t, t->s->idx, p, OBJ_PREFIX)) ||
+        (rc = del_prefix(t, t->s->log, p, OBJ_PREFIX)) ||
+        (rc = del_prefix(t, t->s->client, p, OBJ_PREFIX)) ||
+        (rc = del_key(t, t->s->repl, p, OBJ_PREFIX)))
+        return rc;
+    return del_key(t, t->s->meta, m, part_meta_key(m, space, part));
 }

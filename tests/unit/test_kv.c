@@ -12,8 +12,19 @@
  * key, LIMIT, a seeded random comparison of indexed search, scanning search
  * and brute force over GETs, every kv_parse refusal with its exact reply,
  * kv_op_detach, and the space reference an op holds.
+ *
+ * kv_compute is tested on its own (every command and outcome: the write kind,
+ * the exact reply, the exact resulting encoding; corrupt current objects;
+ * purity) and against kv_exec on a seeded random command stream (same reply,
+ * the stored object is the computed one, the write counter moves exactly for
+ * writes). kv_apply_put/kv_apply_del replay a random primary history onto a
+ * fresh space: every index entry matches its object (store.h invariant 1),
+ * searches agree with the unindexed twin and brute force, replaying entries
+ * twice changes nothing, and bad values, long keys and corrupt stored
+ * objects are refused.
  */
 #include <setjmp.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -1320,6 +1331,650 @@ static void test_write_counter(void **state)
     assert_int_equal(seq_of(f, k2), s2 + 1);
 }
 
+/* ---- kv_compute: the pure semantics ------------------------------------- */
+
+/* Parses words (argv[1] selects the space as in runv); the op points at the
+ * caller's strings. */
+static kv_op *parse_words(fx *f, int argc, const char **words)
+{
+    char *argv[MAX_ARGS];
+    size_t lens[MAX_ARGS];
+    for (int i = 0; i < argc; i++) {
+        argv[i] = (char *)words[i];
+        lens[i] = strlen(words[i]);
+    }
+    bool plain = argc > 1 && !strcmp(words[1], "plain");
+    kv_op *op = NULL;
+    buf err;
+    buf_init(&err);
+    if (kv_parse(plain ? f->cs_plain : f->cs, plain ? f->sp_plain : f->sp, argc, argv, lens,
+                 f->max_key, &op, &err))
+        fail_msg("refused: %.*s", (int)err.len, err.data);
+    buf_free(&err);
+    return op;
+}
+
+#define OP(f, ...)                                                                                 \
+    parse_words((f), (int)(sizeof((const char *[]){__VA_ARGS__}) / sizeof(const char *)),         \
+                (const char *[]){__VA_ARGS__})
+
+/* The encoding of a phonebook object with these values. */
+static void enc_of(fx *f, buf *out, const char *first, const char *last, int64_t phone,
+                   double score)
+{
+    obj_value v[4];
+    v[0].type = SPACE_STRING;
+    v[0].u.s.p = first;
+    v[0].u.s.len = strlen(first);
+    v[1].type = SPACE_STRING;
+    v[1].u.s.p = last;
+    v[1].u.s.len = strlen(last);
+    v[2].type = SPACE_INT;
+    v[2].u.i = phone;
+    v[3].type = SPACE_FLOAT;
+    v[3].u.f = score;
+    buf_reset(out);
+    obj_encode(f->sp->schema, v, out);
+}
+
+/* Runs kv_compute and checks write kind, reply and (KV_W_PUT) the value
+ * against want_value; frees op. */
+static void compute_expect(kv_op *op, const buf *cur, int want_write, const char *want_reply,
+                           const buf *want_value)
+{
+    kv_result r;
+    memset(&r, 0x5a, sizeof r); /* kv_compute must initialise everything */
+    assert_int_equal(kv_compute(op, cur ? cur->data : NULL, cur ? cur->len : 0, cur != NULL, &r),
+                     0);
+    assert_int_equal(r.write, want_write);
+    assert_int_equal(r.reply.len, strlen(want_reply));
+    assert_memory_equal(r.reply.data, want_reply, r.reply.len);
+    if (want_write == KV_W_PUT) {
+        assert_non_null(want_value);
+        assert_int_equal(r.value.len, want_value->len);
+        assert_memory_equal(r.value.data, want_value->data, want_value->len);
+    } else {
+        assert_int_equal(r.value.len, 0);
+    }
+    kv_result_free(&r);
+    kv_result_free(&r); /* twice is harmless */
+    kv_op_free(op);
+}
+
+static void test_compute_put_get_del(void **state)
+{
+    fx *f = *state;
+    buf cur, want;
+    buf_init(&cur);
+    buf_init(&want);
+
+    /* PUT on nothing: zero values plus the assignments. */
+    enc_of(f, &want, "John", "", 0, 2.5);
+    compute_expect(OP(f, "PUT", "phonebook", "k", "first", "John", "score", "2.5"), NULL, KV_W_PUT,
+                   "+OK\r\n", &want);
+    enc_of(f, &want, "", "", 0, 0);
+    compute_expect(OP(f, "PUT", "phonebook", "k"), NULL, KV_W_PUT, "+OK\r\n", &want);
+    /* PUT on an object: a partial update keeps the other attributes. */
+    enc_of(f, &cur, "John", "Smith", 7, 1.5);
+    enc_of(f, &want, "John", "Doe", -1, 1.5);
+    compute_expect(OP(f, "PUT", "phonebook", "k", "last", "Doe", "phone", "-1"), &cur, KV_W_PUT,
+                   "+OK\r\n", &want);
+    /* The last assignment of an attribute wins. */
+    enc_of(f, &want, "B", "Smith", 7, 1.5);
+    compute_expect(OP(f, "PUT", "phonebook", "k", "first", "A", "first", "B"), &cur, KV_W_PUT,
+                   "+OK\r\n", &want);
+    /* PUT without assignments rewrites the same object. */
+    compute_expect(OP(f, "PUT", "phonebook", "k"), &cur, KV_W_PUT, "+OK\r\n", &cur);
+
+    /* GET. */
+    compute_expect(OP(f, "GET", "phonebook", "k"), NULL, KV_W_NONE, "$-1\r\n", NULL);
+    char rep[512];
+    compute_expect(OP(f, "GET", "phonebook", "k"), &cur, KV_W_NONE,
+                   obj_reply(rep, sizeof rep, "John", "Smith", 7, "1.5"), NULL);
+
+    /* DEL. */
+    compute_expect(OP(f, "DEL", "phonebook", "k"), NULL, KV_W_NONE, ":0\r\n", NULL);
+    compute_expect(OP(f, "DEL", "phonebook", "k"), &cur, KV_W_DEL, ":1\r\n", NULL);
+    buf_free(&cur);
+    buf_free(&want);
+}
+
+static void test_compute_cput_add(void **state)
+{
+    fx *f = *state;
+    buf cur, want;
+    buf_init(&cur);
+    buf_init(&want);
+    enc_of(f, &cur, "Jim", "Doe", 43, 3);
+
+    /* CPUT: applied, compared by type, failing conditions, no object. */
+    enc_of(f, &want, "Jim", "Roe", 43, 3);
+    compute_expect(OP(f, "CPUT", "phonebook", "k", "IF", "first", "Jim", "phone", "043", "SET",
+                      "last", "Roe"),
+                   &cur, KV_W_PUT, "+OK\r\n", &want);
+    enc_of(f, &want, "Jim", "Doe", 43, -0.5);
+    compute_expect(OP(f, "CPUT", "phonebook", "k", "IF", "SET", "score", "-0.5"), &cur, KV_W_PUT,
+                   "+OK\r\n", &want);
+    compute_expect(OP(f, "CPUT", "phonebook", "k", "IF", "first", "Jim", "score", "3.5", "SET",
+                      "last", "X"),
+                   &cur, KV_W_NONE, "-CMPFAIL attribute 'score' does not match\r\n", NULL);
+    compute_expect(OP(f, "CPUT", "phonebook", "k", "IF", "last", "Do", "SET", "last", "X"), &cur,
+                   KV_W_NONE, "-CMPFAIL attribute 'last' does not match\r\n", NULL);
+    compute_expect(OP(f, "CPUT", "phonebook", "k", "IF", "SET", "last", "X"), NULL, KV_W_NONE,
+                   "-NOTFOUND no object with that key in space 'phonebook'\r\n", NULL);
+
+    /* ADD: the new value, NOTFOUND, OVERFLOW both ways. */
+    enc_of(f, &want, "Jim", "Doe", 40, 3);
+    compute_expect(OP(f, "ADD", "phonebook", "k", "phone", "-3"), &cur, KV_W_PUT, ":40\r\n",
+                   &want);
+    enc_of(f, &want, "Jim", "Doe", 43, 3);
+    compute_expect(OP(f, "ADD", "phonebook", "k", "phone", "0"), &cur, KV_W_PUT, ":43\r\n", &want);
+    compute_expect(OP(f, "ADD", "phonebook", "k", "phone", "1"), NULL, KV_W_NONE,
+                   "-NOTFOUND no object with that key in space 'phonebook'\r\n", NULL);
+    enc_of(f, &cur, "", "", INT64_MAX, 0);
+    compute_expect(OP(f, "ADD", "phonebook", "k", "phone", "1"), &cur, KV_W_NONE,
+                   "-OVERFLOW attribute 'phone' would overflow (9223372036854775807 + 1)\r\n",
+                   NULL);
+    enc_of(f, &want, "", "", -1, 0);
+    compute_expect(OP(f, "ADD", "phonebook", "k", "phone", "-9223372036854775808"), &cur, KV_W_PUT,
+                   ":-1\r\n", &want);
+    enc_of(f, &cur, "", "", INT64_MIN, 0);
+    compute_expect(OP(f, "ADD", "phonebook", "k", "phone", "-1"), &cur, KV_W_NONE,
+                   "-OVERFLOW attribute 'phone' would overflow (-9223372036854775808 + -1)\r\n",
+                   NULL);
+    buf_free(&cur);
+    buf_free(&want);
+}
+
+/* A result kv_compute refused: nothing in it, and it can still be freed. */
+static void compute_fails(kv_op *op, const void *cur, size_t len, bool exists, int want_rc)
+{
+    kv_result r;
+    memset(&r, 0x5a, sizeof r);
+    assert_int_equal(kv_compute(op, cur, len, exists, &r), want_rc);
+    assert_int_equal(r.write, KV_W_NONE);
+    assert_int_equal(r.value.len, 0);
+    assert_int_equal(r.reply.len, 0);
+    kv_result_free(&r);
+    kv_op_free(op);
+}
+
+static void test_compute_errors(void **state)
+{
+    fx *f = *state;
+    buf good;
+    buf_init(&good);
+    enc_of(f, &good, "a", "b", 1, 1);
+    /* A corrupt current object, for every point command. */
+    static const char *const kinds[][6] = {
+        {"GET", "phonebook", "k"}, {"DEL", "phonebook", "k"}, {"PUT", "phonebook", "k"},
+        {"ADD", "phonebook", "k", "phone", "1"}};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        int argc = kinds[i][3] ? 5 : 3;
+        compute_fails(parse_words(f, argc, (const char **)kinds[i]), good.data, good.len - 1, true,
+                      MDB_CORRUPTED); /* truncated */
+        compute_fails(parse_words(f, argc, (const char **)kinds[i]), "", 0, true, MDB_CORRUPTED);
+    }
+    compute_fails(OP(f, "CPUT", "phonebook", "k", "IF", "SET", "first", "x"), "\x02\x00\x04", 3,
+                  true, MDB_CORRUPTED);
+    /* An object of another shape (three attributes) is corrupt here. */
+    buf other;
+    buf_init(&other);
+    buf_putc(&other, 1);
+    buf_put_u16be(&other, 3);
+    for (int i = 0; i < 3; i++) {
+        buf_putc(&other, 1);
+        buf_put_u64be(&other, 5);
+    }
+    compute_fails(OP(f, "GET", "phonebook", "k"), other.data, other.len, true, MDB_CORRUPTED);
+    /* Trailing bytes. */
+    buf_putc(&good, 0);
+    compute_fails(OP(f, "GET", "phonebook", "k"), good.data, good.len, true, MDB_CORRUPTED);
+    /* Garbage is ignored when there is no object. */
+    compute_expect(OP(f, "GET", "phonebook", "k"), NULL, KV_W_NONE, "$-1\r\n", NULL);
+    /* SEARCH and COUNT are not point operations. */
+    compute_fails(OP(f, "SEARCH", "phonebook", "first", "=", "a"), NULL, 0, false, MDB_INVALID);
+    compute_fails(OP(f, "COUNT", "phonebook"), NULL, 0, false, MDB_INVALID);
+    buf_free(&good);
+    buf_free(&other);
+}
+
+/* kv_compute reads only its arguments: the store is neither read nor
+ * written, and the result does not point into cur. */
+static void test_compute_is_pure(void **state)
+{
+    fx *f = *state;
+    EXPECT(f, "+OK\r\n", "PUT", "phonebook", "k", "first", "stored", "phone", "5");
+    uint64_t seq = seq_of(f, "k");
+    buf cur, want;
+    buf_init(&cur);
+    buf_init(&want);
+    enc_of(f, &cur, "given", "x", 100, 0);
+    kv_op *op = OP(f, "ADD", "phonebook", "k", "phone", "1");
+    kv_result r1, r2;
+    assert_int_equal(kv_compute(op, cur.data, cur.len, true, &r1), 0);
+    assert_int_equal(kv_compute(op, cur.data, cur.len, true, &r2), 0);
+    memset(cur.data, 0xee, cur.len); /* not retained */
+    enc_of(f, &want, "given", "x", 101, 0);
+    assert_int_equal(r1.write, KV_W_PUT);
+    assert_int_equal(r1.value.len, want.len);
+    assert_memory_equal(r1.value.data, want.data, want.len);
+    assert_int_equal(r2.value.len, want.len);
+    assert_memory_equal(r2.value.data, want.data, want.len);
+    assert_int_equal(r1.reply.len, 6);
+    assert_memory_equal(r1.reply.data, ":101\r\n", 6);
+    kv_result_free(&r1);
+    kv_result_free(&r2);
+    kv_op_free(op);
+    /* Not computed from the store, and the store did not change. */
+    expect_obj(f, "k", "stored", "", 5, "0");
+    assert_int_equal(seq_of(f, "k"), seq);
+    /* An absent object even though the store has one. */
+    compute_expect(OP(f, "DEL", "phonebook", "k"), NULL, KV_W_NONE, ":0\r\n", NULL);
+    expect_obj(f, "k", "stored", "", 5, "0");
+    buf_free(&cur);
+    buf_free(&want);
+}
+
+/* A random point command on key in space (as words into vals). */
+static int rand_point(const char **argv, char vals[][64], const char *space, const char *key)
+{
+    int argc = 3;
+    argv[1] = space;
+    argv[2] = key;
+    uint64_t what = rnd() % 12;
+    if (what < 5) {
+        argv[0] = "PUT";
+        for (int a = 0; a < 4; a++) {
+            if (rnd() % 2) continue;
+            argv[argc++] = ATTRS[a];
+            rand_value(ATTRS[a], vals[a], 64);
+            argv[argc++] = vals[a];
+        }
+    } else if (what < 7) {
+        argv[0] = "DEL";
+    } else if (what < 9) {
+        argv[0] = "ADD";
+        argv[argc++] = "phone";
+        if (rnd() % 8 == 0)
+            rand_int(vals[0], 64);
+        else
+            snprintf(vals[0], 64, "%d", (int)(rnd() % 11) - 5);
+        argv[argc++] = vals[0];
+    } else if (what < 11) {
+        argv[0] = "CPUT";
+        argv[argc++] = "IF";
+        argv[argc++] = "first";
+        rand_value("first", vals[0], 64);
+        argv[argc++] = vals[0];
+        argv[argc++] = "SET";
+        argv[argc++] = "first";
+        rand_value("first", vals[1], 64);
+        argv[argc++] = vals[1];
+    } else {
+        argv[0] = "GET";
+    }
+    return argc;
+}
+
+/* Copies the stored encoding of key in op's partition into cur; false if
+ * absent. */
+static bool stored(fx *f, const kv_space *sp, uint32_t part, const char *key, buf *cur)
+{
+    const void *data;
+    size_t len;
+    buf_reset(cur);
+    int rc = store_obj_get(&f->t, sp->id, part, key, strlen(key), &data, &len);
+    if (rc == MDB_NOTFOUND) return false;
+    assert_int_equal(rc, 0);
+    buf_append(cur, data, len);
+    return true;
+}
+
+/* kv_exec is kv_compute plus the write: same reply, the stored object is the
+ * computed one, and the write counter moves exactly for writes. */
+static void test_compute_matches_exec(void **state)
+{
+    fx *f = *state;
+    rng_state = 0x243f6a8885a308d3ULL;
+    buf cur, after;
+    buf_init(&cur);
+    buf_init(&after);
+    int seen[3] = {0};
+    for (int k = 0; k < 2000; k++) {
+        const char *argv[MAX_ARGS];
+        char vals[4][64], key[16];
+        snprintf(key, sizeof key, "u%03d", (int)(rnd() % 40));
+        int argc = rand_point(argv, vals, "phonebook", key);
+        kv_op *op = parse_words(f, argc, argv);
+        bool exists = stored(f, f->sp, op->part, key, &cur);
+        uint64_t seq = seq_of(f, key);
+        kv_result r;
+        assert_int_equal(kv_compute(op, cur.data, cur.len, exists, &r), 0);
+        seen[r.write]++;
+        buf rep;
+        buf_init(&rep);
+        assert_int_equal(kv_exec(&f->t, op, &rep), 0);
+        assert_int_equal(rep.len, r.reply.len);
+        assert_memory_equal(rep.data, r.reply.data, rep.len);
+        bool now = stored(f, f->sp, op->part, key, &after);
+        if (r.write == KV_W_PUT) {
+            assert_true(now);
+            assert_int_equal(after.len, r.value.len);
+            assert_memory_equal(after.data, r.value.data, after.len);
+        } else if (r.write == KV_W_DEL) {
+            assert_false(now);
+        } else {
+            assert_int_equal(now, exists);
+            assert_int_equal(after.len, cur.len);
+            if (now) assert_memory_equal(after.data, cur.data, cur.len);
+        }
+        assert_int_equal(seq_of(f, key), seq + (r.write != KV_W_NONE));
+        buf_free(&rep);
+        kv_result_free(&r);
+        kv_op_free(op);
+    }
+    /* Every outcome happened many times. */
+    for (int w = 0; w < 3; w++)
+        assert_true(seen[w] > 100);
+    buf_free(&cur);
+    buf_free(&after);
+}
+
+/* ---- kv_apply_put / kv_apply_del ---------------------------------------- */
+
+struct idx_check {
+    fx *f;
+    const kv_space *sp;
+    uint32_t part;
+    uint64_t objects;
+    uint64_t entries;
+    const void *want_key;
+    size_t want_klen;
+    int found;
+};
+
+static int count_key_cb(void *arg, const void *key, size_t klen)
+{
+    struct idx_check *x = arg;
+    x->entries++;
+    if (x->want_key && klen == x->want_klen && !memcmp(key, x->want_key, klen)) x->found++;
+    return 0;
+}
+
+/* For one object: each indexed attribute has an entry at its image. */
+static int check_obj_cb(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    struct idx_check *x = arg;
+    const space_schema *s = x->sp->schema;
+    obj_value v[SPACE_MAX_ATTRS];
+    assert_int_equal(obj_decode(s, val, vlen, v), 0);
+    x->objects++;
+    for (uint32_t a = 0; a < s->nattrs; a++) {
+        if (!s->attrs[a].indexed) continue;
+        buf img;
+        buf_init(&img);
+        obj_index_key(&v[a], &img);
+        struct idx_check y = {.want_key = key, .want_klen = klen};
+        assert_int_equal(store_index_scan(&x->f->t, x->sp->id, x->part, (uint16_t)a, img.len,
+                                          img.data, img.data, count_key_cb, &y),
+                         0);
+        assert_int_equal(y.found, 1);
+        buf_free(&img);
+    }
+    return 0;
+}
+
+/* store.h invariant 1 for every partition of sp: every object has exactly
+ * its entries and there are no others. Returns the number of objects. */
+static uint64_t check_indexes(fx *f, const kv_space *sp)
+{
+    const space_schema *s = sp->schema;
+    uint64_t total = 0;
+    for (uint32_t part = 0; part < s->partitions; part++) {
+        struct idx_check x = {.f = f, .sp = sp, .part = part};
+        assert_int_equal(store_scan(&f->t, sp->id, part, check_obj_cb, &x), 0);
+        for (uint32_t a = 0; a < s->nattrs; a++) {
+            if (!s->attrs[a].indexed) continue;
+            struct idx_check y = {0};
+            assert_int_equal(store_index_scan(&f->t, sp->id, part, (uint16_t)a,
+                                              obj_index_width(s->attrs[a].type), NULL, NULL,
+                                              count_key_cb, &y),
+                             0);
+            assert_int_equal(y.entries, x.objects);
+        }
+        total += x.objects;
+    }
+    return total;
+}
+
+/* One replicated entry: a key and its final state. */
+typedef struct entry {
+    char key[16];
+    bool del;
+    buf value;
+} entry;
+
+static void apply_entry(fx *f, const kv_space *sp, const cmap_space *cs, const entry *e)
+{
+    uint32_t part = cmap_partition_of(cs, e->key, strlen(e->key));
+    if (e->del)
+        assert_int_equal(kv_apply_del(&f->t, sp, part, e->key, strlen(e->key)), 0);
+    else
+        assert_int_equal(
+            kv_apply_put(&f->t, sp, part, e->key, strlen(e->key), e->value.data, e->value.len),
+            0);
+}
+
+/* A primary's history: random commands computed with kv_compute against the
+ * newest state (the store of the phonebook space, which the primary applies
+ * to as it goes), recorded as final states. */
+static entry *make_history(fx *f, int n, int nkeys)
+{
+    entry *h = calloc((size_t)n, sizeof *h);
+    assert_non_null(h);
+    buf cur;
+    buf_init(&cur);
+    for (int i = 0; i < n;) {
+        const char *argv[MAX_ARGS];
+        char vals[4][64], key[16];
+        snprintf(key, sizeof key, "u%03d", (int)(rnd() % (uint64_t)nkeys));
+        int argc = rand_point(argv, vals, "phonebook", key);
+        kv_op *op = parse_words(f, argc, argv);
+        bool exists = stored(f, f->sp, op->part, key, &cur);
+        kv_result r;
+        assert_int_equal(kv_compute(op, cur.data, cur.len, exists, &r), 0);
+        if (r.write != KV_W_NONE) {
+            entry *e = &h[i++];
+            snprintf(e->key, sizeof e->key, "%s", key);
+            e->del = r.write == KV_W_DEL;
+            buf_init(&e->value);
+            buf_append(&e->value, r.value.data, r.value.len);
+            apply_entry(f, f->sp, f->cs, e);
+        }
+        kv_result_free(&r);
+        kv_op_free(op);
+    }
+    buf_free(&cur);
+    return h;
+}
+
+static void free_history(entry *h, int n)
+{
+    for (int i = 0; i < n; i++)
+        buf_free(&h[i].value);
+    free(h);
+}
+
+/* A backup applying the primary's entries to the twin space keeps every
+ * index consistent, and searches over it agree with the scanning space. */
+static void test_apply_index_consistency(void **state)
+{
+    fx *f = *state;
+    rng_state = 0x13198a2e03707344ULL;
+    int n = 1500;
+    entry *h = make_history(f, n, NKEYS);
+    /* The primary (phonebook) applied as it went; the backup is a fresh
+     * store of the same space: drop and re-apply in order, then apply the
+     * same entries to the unindexed twin. */
+    assert_int_equal(store_drop_space(&f->t, f->sp->id), 0);
+    assert_int_equal(check_indexes(f, f->sp), 0);
+    for (int i = 0; i < n; i++) {
+        apply_entry(f, f->sp, f->cs, &h[i]);
+        apply_entry(f, f->sp_plain, f->cs_plain, &h[i]);
+        if (i % 250 == 0) check_indexes(f, f->sp);
+    }
+    uint64_t nobj = check_indexes(f, f->sp);
+    assert_true(nobj > NKEYS / 2 && nobj < NKEYS);
+    shadow *sh = calloc(NKEYS, sizeof *sh);
+    assert_non_null(sh);
+    load_shadow(f, sh); /* also checks the twin holds the same objects */
+    check_random_searches(f, sh);
+    /* Applying never moved the standalone write counters. */
+    for (uint32_t part = 0; part < f->sp->schema->partitions; part++) {
+        store_part_meta m;
+        assert_int_equal(store_part_meta_get(&f->t, f->sp_plain->id, part, &m), 0);
+        assert_int_equal(m.seq, 0);
+    }
+    assert_int_equal(store_txn_commit(&f->t), 0);
+    assert_int_equal(store_txn_begin(f->st, false, &f->t), 0);
+    assert_int_equal(check_indexes(f, f->sp), nobj);
+    check_random_searches(f, sh);
+    free(sh);
+    free_history(h, n);
+}
+
+/* Replaying entries (a retransmission, a restart that re-applies the log
+ * after its applied point) changes nothing. */
+static void test_apply_idempotent(void **state)
+{
+    fx *f = *state;
+    rng_state = 0xa4093822299f31d0ULL;
+    int n = 600;
+    entry *h = make_history(f, n, 60);
+    for (int i = 0; i < n; i++) /* the twin space mirrors the primary */
+        apply_entry(f, f->sp_plain, f->cs_plain, &h[i]);
+    shadow *before = calloc(NKEYS, sizeof *before), *after = calloc(NKEYS, sizeof *after);
+    assert_non_null(before);
+    assert_non_null(after);
+    uint64_t nobj = check_indexes(f, f->sp);
+    load_shadow(f, before);
+
+    /* Each entry twice in a row, on a fresh copy: same final state. */
+    assert_int_equal(store_drop_space(&f->t, f->sp->id), 0);
+    assert_int_equal(store_drop_space(&f->t, f->sp_plain->id), 0);
+    for (int i = 0; i < n; i++)
+        for (int twice = 0; twice < 2; twice++) {
+            apply_entry(f, f->sp, f->cs, &h[i]);
+            apply_entry(f, f->sp_plain, f->cs_plain, &h[i]);
+        }
+    assert_int_equal(check_indexes(f, f->sp), nobj);
+    load_shadow(f, after);
+    assert_memory_equal(before, after, NKEYS * sizeof *before);
+
+    /* The last third again, after everything was applied. */
+    for (int i = 2 * n / 3; i < n; i++) {
+        apply_entry(f, f->sp, f->cs, &h[i]);
+        apply_entry(f, f->sp_plain, f->cs_plain, &h[i]);
+    }
+    assert_int_equal(check_indexes(f, f->sp), nobj);
+    load_shadow(f, after);
+    assert_memory_equal(before, after, NKEYS * sizeof *before);
+    check_random_searches(f, after);
+
+    /* Explicitly: a put of the current state and a del of nothing. */
+    buf enc;
+    buf_init(&enc);
+    enc_of(f, &enc, "same", "", 3, 0);
+    uint32_t part = cmap_partition_of(f->cs, "solo", 4);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(kv_apply_put(&f->t, f->sp, part, "solo", 4, enc.data, enc.len), 0);
+    expect_obj(f, "solo", "same", "", 3, "0");
+    EXPECT(f, ":1\r\n", "COUNT", "phonebook", "first", "=", "same");
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(kv_apply_del(&f->t, f->sp, part, "solo", 4), 0);
+    EXPECT(f, "$-1\r\n", "GET", "phonebook", "solo");
+    EXPECT(f, ":0\r\n", "COUNT", "phonebook", "first", "=", "same");
+    assert_int_equal(check_indexes(f, f->sp), nobj);
+    buf_free(&enc);
+    free(before);
+    free(after);
+    free_history(h, n);
+}
+
+static void test_apply_errors(void **state)
+{
+    fx *f = *state;
+    buf enc;
+    buf_init(&enc);
+    enc_of(f, &enc, "ok", "", 1, 0);
+    uint32_t part = cmap_partition_of(f->cs, "k", 1);
+    EXPECT(f, "+OK\r\n", "PUT", "phonebook", "k", "first", "before");
+
+    /* A value that is not an object of this space: EINVAL, nothing written,
+     * the transaction still works. */
+    assert_int_equal(kv_apply_put(&f->t, f->sp, part, "k", 1, enc.data, enc.len - 1), EINVAL);
+    assert_int_equal(kv_apply_put(&f->t, f->sp, part, "k", 1, "", 0), EINVAL);
+    assert_int_equal(kv_apply_put(&f->t, f->sp, part, "new", 3, "\x01\x00\x01\x01", 4), EINVAL);
+    expect_obj(f, "k", "before", "", 0, "0");
+    EXPECT(f, "$-1\r\n", "GET", "phonebook", "new");
+    assert_int_equal(check_indexes(f, f->sp), 1);
+    assert_int_equal(kv_apply_put(&f->t, f->sp, part, "k", 1, enc.data, enc.len), 0);
+    expect_obj(f, "k", "ok", "", 1, "0");
+
+    /* A key beyond the store's limit. */
+    char big[STORE_MAX_KEY + 1];
+    memset(big, 'x', sizeof big);
+    assert_int_equal(kv_apply_put(&f->t, f->sp, 0, big, sizeof big, enc.data, enc.len),
+                     MDB_BAD_VALSIZE);
+    assert_int_equal(kv_apply_del(&f->t, f->sp, 0, big, sizeof big), MDB_BAD_VALSIZE);
+    assert_int_equal(kv_apply_put(&f->t, f->sp, 0, big, STORE_MAX_KEY, enc.data, enc.len), 0);
+    assert_int_equal(kv_apply_del(&f->t, f->sp, 0, big, STORE_MAX_KEY), 0);
+    assert_int_equal(store_txn_commit(&f->t), 0);
+
+    /* A stored object that does not decode (written raw into the unindexed
+     * space): both refuse with MDB_CORRUPTED and change nothing. */
+    assert_int_equal(store_txn_begin(f->st, true, &f->t), 0);
+    obj_value zero[4];
+    obj_zero(f->sp_plain->schema, zero);
+    uint32_t pp = cmap_partition_of(f->cs_plain, "bad", 3);
+    assert_int_equal(store_obj_put(&f->t, f->sp_plain->schema, f->sp_plain->id, pp, "bad", 3, NULL,
+                                   zero, "junk", 4),
+                     0);
+    assert_int_equal(kv_apply_put(&f->t, f->sp_plain, pp, "bad", 3, enc.data, enc.len),
+                     MDB_CORRUPTED);
+    assert_int_equal(kv_apply_del(&f->t, f->sp_plain, pp, "bad", 3), MDB_CORRUPTED);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(store_obj_get(&f->t, f->sp_plain->id, pp, "bad", 3, &val, &vlen), 0);
+    assert_int_equal(vlen, 4);
+    assert_memory_equal(val, "junk", 4);
+    /* kv_exec reports the same. */
+    kv_op *op = OP(f, "GET", "plain", "bad");
+    buf rep;
+    buf_init(&rep);
+    assert_int_equal(kv_exec(&f->t, op, &rep), MDB_CORRUPTED);
+    assert_int_equal(rep.len, 0);
+    kv_op_free(op);
+    op = OP(f, "PUT", "plain", "bad", "first", "x");
+    assert_int_equal(kv_exec(&f->t, op, &rep), MDB_CORRUPTED);
+    assert_int_equal(rep.len, 0);
+    kv_op_free(op);
+    buf_free(&rep);
+    store_txn_abort(&f->t);
+
+    /* An object whose index entries are missing (written into the indexed
+     * space through the unindexed schema): deleting it is corruption. */
+    assert_int_equal(store_txn_begin(f->st, true, &f->t), 0);
+    assert_int_equal(store_obj_put(&f->t, f->sp_plain->schema, f->sp->id, part, "noidx", 5, NULL,
+                                   zero, enc.data, enc.len),
+                     0);
+    assert_int_equal(kv_apply_del(&f->t, f->sp, part, "noidx", 5), MDB_CORRUPTED);
+    store_txn_abort(&f->t);
+    assert_int_equal(store_txn_begin(f->st, true, &f->t), 0);
+    buf_free(&enc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1338,6 +1993,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_detach, setup, teardown),
         cmocka_unit_test_setup_teardown(test_op_holds_space, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_counter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compute_put_get_del, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compute_cput_add, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compute_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compute_is_pure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compute_matches_exec, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_index_consistency, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_idempotent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,15 @@
  * and per-partition metadata, key size limits, aborted transactions, the sync
  * policy names, opening a path that is not a directory, store_count, and the
  * corruption errors reported when callers pass stale old values.
+ *
+ * Replication state: the partition log (put/get/overwrite, scans in seq
+ * order from every point, deletes from/through at seq 0, 1, between entries
+ * and UINT64_MAX, bounds), replication metadata and its scan, the client
+ * table (order by client id, replacement, empty and 64 KiB results),
+ * store_part_clear and store_drop_space over every database, durability
+ * across reopen and abort. Every delete and clear is checked against the
+ * neighbouring partitions (adjacent ids, byte-reversed ids, both ends of the
+ * key space), and every versioned record against garbage (MDB_CORRUPTED).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -925,6 +934,679 @@ static void test_read_snapshot_reset_renew(void **state)
     store_txn_abort(&r);
 }
 
+/* ---- replication: the partition log ------------------------------------- */
+
+/* Collects a log scan as "seq=data," (stop after `stop_after` entries if
+ * nonzero; `fail_at` seq: return -7 there). */
+typedef struct logcol {
+    buf out;
+    int n;
+    int stop_after;
+    uint64_t fail_at;
+    bool fail;
+} logcol;
+
+static int log_cb(void *arg, uint64_t seq, const void *data, size_t len)
+{
+    logcol *c = arg;
+    if (c->fail && seq == c->fail_at) return -7;
+    buf_printf(&c->out, "%llu=", (unsigned long long)seq);
+    buf_append(&c->out, data, len);
+    buf_putc(&c->out, ',');
+    c->n++;
+    return c->stop_after && c->n >= c->stop_after ? 1 : 0;
+}
+
+static void expect_log(store_txn *t, uint32_t space, uint32_t part, uint64_t from,
+                       const char *want)
+{
+    logcol c = {0};
+    buf_init(&c.out);
+    assert_int_equal(store_log_scan(t, space, part, from, log_cb, &c), 0);
+    buf_putc(&c.out, '\0');
+    assert_string_equal(c.out.data, want);
+    buf_free(&c.out);
+}
+
+static void log_put(store_txn *t, uint32_t space, uint32_t part, uint64_t seq, const char *data)
+{
+    assert_int_equal(store_log_put(t, space, part, seq, data, strlen(data)), 0);
+}
+
+#define MAXSEQ "18446744073709551615"
+#define MAXSEQ_1 "18446744073709551614"
+
+/* The partitions around (1, 1) whose keys a byte-order or prefix slip would
+ * reach: neighbours in part and space, and byte-reversed ids. */
+static const uint32_t NEIGH[][2] = {{1, 0},          {1, 2},          {0, 1},
+                                    {2, 1},          {1, 0x01000000}, {0x01000000, 1},
+                                    {0, 0xffffffff}, {1, 0xffffffff}, {0xffffffff, 0xffffffff}};
+#define NNEIGH (sizeof NEIGH / sizeof NEIGH[0])
+
+/* Fills (1, 1) with seqs 0, 1, 2, 5, MAX-1, MAX and every neighbour with
+ * seqs 0, 3, MAX. */
+static void fill_logs(store_txn *t)
+{
+    log_put(t, 1, 1, 5, "e");
+    log_put(t, 1, 1, 0, "a");
+    log_put(t, 1, 1, UINT64_MAX, "z");
+    log_put(t, 1, 1, 2, "c");
+    log_put(t, 1, 1, UINT64_MAX - 1, "y");
+    log_put(t, 1, 1, 1, "b");
+    for (size_t i = 0; i < NNEIGH; i++) {
+        log_put(t, NEIGH[i][0], NEIGH[i][1], 0, "n0");
+        log_put(t, NEIGH[i][0], NEIGH[i][1], 3, "n3");
+        log_put(t, NEIGH[i][0], NEIGH[i][1], UINT64_MAX, "nm");
+    }
+}
+
+static void expect_neighbours_intact(store_txn *t)
+{
+    for (size_t i = 0; i < NNEIGH; i++)
+        expect_log(t, NEIGH[i][0], NEIGH[i][1], 0, "0=n0,3=n3," MAXSEQ "=nm,");
+}
+
+static void test_log_put_get_scan(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    expect_log(&t, 1, 1, 0, "");
+    fill_logs(&t);
+    /* Scans in seq order from any point, including both ends. */
+    expect_log(&t, 1, 1, 0, "0=a,1=b,2=c,5=e," MAXSEQ_1 "=y," MAXSEQ "=z,");
+    expect_log(&t, 1, 1, 1, "1=b,2=c,5=e," MAXSEQ_1 "=y," MAXSEQ "=z,");
+    expect_log(&t, 1, 1, 3, "5=e," MAXSEQ_1 "=y," MAXSEQ "=z,");
+    expect_log(&t, 1, 1, 6, MAXSEQ_1 "=y," MAXSEQ "=z,");
+    expect_log(&t, 1, 1, UINT64_MAX, MAXSEQ "=z,");
+    expect_log(&t, 3, 3, 0, "");
+    expect_neighbours_intact(&t);
+    /* Stop (1) and errors (negative) from the callback. */
+    logcol c = {.stop_after = 2};
+    buf_init(&c.out);
+    assert_int_equal(store_log_scan(&t, 1, 1, 1, log_cb, &c), 0);
+    buf_putc(&c.out, '\0');
+    assert_string_equal(c.out.data, "1=b,2=c,");
+    buf_reset(&c.out);
+    c = (logcol){.out = c.out, .fail = true, .fail_at = 5};
+    assert_int_equal(store_log_scan(&t, 1, 1, 0, log_cb, &c), -7);
+    assert_int_equal(c.n, 3);
+    buf_free(&c.out);
+    commit(&t);
+
+    begin(f, true, &t);
+    const void *data = NULL;
+    size_t len = 0;
+    assert_int_equal(store_log_get(&t, 1, 1, 0, &data, &len), 0);
+    assert_int_equal(len, 1);
+    assert_memory_equal(data, "a", 1);
+    assert_int_equal(store_log_get(&t, 1, 1, UINT64_MAX, &data, &len), 0);
+    assert_memory_equal(data, "z", 1);
+    assert_int_equal(store_log_get(&t, 1, 1, 3, &data, &len), MDB_NOTFOUND);
+    assert_int_equal(store_log_get(&t, 2, 2, 0, &data, &len), MDB_NOTFOUND);
+    /* Overwrite, an empty entry, binary and large entries. */
+    log_put(&t, 1, 1, 5, "replaced");
+    assert_int_equal(store_log_put(&t, 1, 1, 6, "", 0), 0);
+    assert_int_equal(store_log_put(&t, 1, 1, 7, "\0\r\n\0", 4), 0);
+    size_t blen = 1u << 20;
+    char *big = malloc(blen);
+    assert_non_null(big);
+    for (size_t i = 0; i < blen; i++)
+        big[i] = (char)(i * 7);
+    assert_int_equal(store_log_put(&t, 1, 1, 8, big, blen), 0);
+    assert_int_equal(store_log_get(&t, 1, 1, 5, &data, &len), 0);
+    assert_int_equal(len, 8);
+    assert_memory_equal(data, "replaced", 8);
+    assert_int_equal(store_log_get(&t, 1, 1, 6, &data, &len), 0);
+    assert_int_equal(len, 0);
+    assert_int_equal(store_log_get(&t, 1, 1, 7, &data, &len), 0);
+    assert_int_equal(len, 4);
+    assert_memory_equal(data, "\0\r\n\0", 4);
+    commit(&t);
+    begin(f, false, &t);
+    assert_int_equal(store_log_get(&t, 1, 1, 8, &data, &len), 0);
+    assert_int_equal(len, blen);
+    assert_memory_equal(data, big, blen);
+    store_txn_abort(&t);
+    free(big);
+}
+
+static void test_log_delete_from(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    fill_logs(&t);
+    /* A seq above everything, and an empty partition: nothing happens. */
+    assert_int_equal(store_log_delete_from(&t, 3, 3, 0), 0);
+    assert_int_equal(store_log_delete_from(&t, 1, 1, UINT64_MAX), 0);
+    expect_log(&t, 1, 1, 0, "0=a,1=b,2=c,5=e," MAXSEQ_1 "=y,");
+    assert_int_equal(store_log_delete_from(&t, 1, 1, UINT64_MAX), 0);
+    expect_log(&t, 1, 1, 0, "0=a,1=b,2=c,5=e," MAXSEQ_1 "=y,");
+    /* Between entries, at an entry, at 1, at 0. */
+    assert_int_equal(store_log_delete_from(&t, 1, 1, 3), 0);
+    expect_log(&t, 1, 1, 0, "0=a,1=b,2=c,");
+    assert_int_equal(store_log_delete_from(&t, 1, 1, 2), 0);
+    expect_log(&t, 1, 1, 0, "0=a,1=b,");
+    assert_int_equal(store_log_delete_from(&t, 1, 1, 1), 0);
+    expect_log(&t, 1, 1, 0, "0=a,");
+    expect_neighbours_intact(&t);
+    commit(&t);
+    begin(f, true, &t);
+    assert_int_equal(store_log_delete_from(&t, 1, 1, 0), 0);
+    expect_log(&t, 1, 1, 0, "");
+    expect_neighbours_intact(&t);
+    commit(&t);
+    begin(f, false, &t);
+    expect_log(&t, 1, 1, 0, "");
+    expect_neighbours_intact(&t);
+    store_txn_abort(&t);
+
+    /* The last partition of the last space (its range ends the database). */
+    begin(f, true, &t);
+    assert_int_equal(store_log_delete_from(&t, 0xffffffff, 0xffffffff, 1), 0);
+    expect_log(&t, 0xffffffff, 0xffffffff, 0, "0=n0,");
+    expect_log(&t, 1, 0xffffffff, 0, "0=n0,3=n3," MAXSEQ "=nm,");
+    commit(&t);
+}
+
+static void test_log_delete_through(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    fill_logs(&t);
+    assert_int_equal(store_log_delete_through(&t, 3, 3, UINT64_MAX), 0);
+    assert_int_equal(store_log_delete_through(&t, 1, 1, 0), 0);
+    expect_log(&t, 1, 1, 0, "1=b,2=c,5=e," MAXSEQ_1 "=y," MAXSEQ "=z,");
+    assert_int_equal(store_log_delete_through(&t, 1, 1, 0), 0);
+    assert_int_equal(store_log_delete_through(&t, 1, 1, 1), 0);
+    expect_log(&t, 1, 1, 0, "2=c,5=e," MAXSEQ_1 "=y," MAXSEQ "=z,");
+    assert_int_equal(store_log_delete_through(&t, 1, 1, 4), 0);
+    expect_log(&t, 1, 1, 0, "5=e," MAXSEQ_1 "=y," MAXSEQ "=z,");
+    assert_int_equal(store_log_delete_through(&t, 1, 1, 5), 0);
+    expect_log(&t, 1, 1, 0, MAXSEQ_1 "=y," MAXSEQ "=z,");
+    assert_int_equal(store_log_delete_through(&t, 1, 1, UINT64_MAX - 1), 0);
+    expect_log(&t, 1, 1, 0, MAXSEQ "=z,");
+    expect_neighbours_intact(&t);
+    assert_int_equal(store_log_delete_through(&t, 1, 1, UINT64_MAX), 0);
+    expect_log(&t, 1, 1, 0, "");
+    expect_neighbours_intact(&t);
+    /* The first partition of the first space (its range starts the
+     * database). */
+    log_put(&t, 0, 0, 9, "x");
+    assert_int_equal(store_log_delete_through(&t, 0, 0, 8), 0);
+    expect_log(&t, 0, 0, 0, "9=x,");
+    assert_int_equal(store_log_delete_through(&t, 0, 0, 9), 0);
+    expect_log(&t, 0, 0, 0, "");
+    expect_neighbours_intact(&t);
+    commit(&t);
+}
+
+static void expect_bounds(store_txn *t, uint32_t space, uint32_t part, int rc, uint64_t first,
+                          uint64_t last)
+{
+    uint64_t a = 99, b = 99;
+    assert_int_equal(store_log_bounds(t, space, part, &a, &b), rc);
+    assert_int_equal(a, first);
+    assert_int_equal(b, last);
+}
+
+static void test_log_bounds(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    expect_bounds(&t, 1, 1, MDB_NOTFOUND, 0, 0); /* empty database */
+    log_put(&t, 1, 1, 7, "x");
+    expect_bounds(&t, 1, 1, 0, 7, 7); /* alone: the database ends after it */
+    expect_bounds(&t, 1, 0, MDB_NOTFOUND, 0, 0);
+    expect_bounds(&t, 1, 2, MDB_NOTFOUND, 0, 0);
+    log_put(&t, 1, 1, 3, "x");
+    log_put(&t, 1, 1, 1000, "x");
+    expect_bounds(&t, 1, 1, 0, 3, 1000);
+    fill_logs(&t); /* neighbours after it */
+    expect_bounds(&t, 1, 1, 0, 0, UINT64_MAX);
+    assert_int_equal(store_log_delete_from(&t, 1, 1, UINT64_MAX), 0);
+    expect_bounds(&t, 1, 1, 0, 0, UINT64_MAX - 1);
+    assert_int_equal(store_log_delete_through(&t, 1, 1, 4), 0);
+    expect_bounds(&t, 1, 1, 0, 5, UINT64_MAX - 1);
+    assert_int_equal(store_log_delete_from(&t, 1, 1, 6), 0);
+    expect_bounds(&t, 1, 1, 0, 5, 5);
+    assert_int_equal(store_log_delete_from(&t, 1, 1, 0), 0);
+    expect_bounds(&t, 1, 1, MDB_NOTFOUND, 0, 0);
+    /* The very last partition holds the database's last key. */
+    expect_bounds(&t, 0xffffffff, 0xffffffff, 0, 0, UINT64_MAX);
+    assert_int_equal(store_log_delete_from(&t, 0xffffffff, 0xffffffff, 1), 0);
+    expect_bounds(&t, 0xffffffff, 0xffffffff, 0, 0, 0);
+    expect_bounds(&t, 0, 0xffffffff, 0, 0, UINT64_MAX);
+    expect_bounds(&t, 0xfffffffe, 0xffffffff, MDB_NOTFOUND, 0, 0);
+    commit(&t);
+}
+
+/* ---- replication: metadata ---------------------------------------------- */
+
+/* Writes raw bytes into one of the store's databases (corruption tests). */
+static void raw_put(store_txn *t, const char *db, const void *key, size_t klen, const void *val,
+                    size_t vlen)
+{
+    MDB_dbi dbi;
+    assert_int_equal(mdb_dbi_open(t->txn, db, 0, &dbi), 0);
+    MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+    assert_int_equal(mdb_put(t->txn, dbi, &k, &v, 0), 0);
+}
+
+static void expect_repl_meta(store_txn *t, uint32_t space, uint32_t part, uint64_t epoch,
+                             uint64_t applied, uint64_t base_seq, uint64_t base_epoch)
+{
+    store_repl_meta m;
+    memset(&m, 0xab, sizeof m);
+    assert_int_equal(store_repl_meta_get(t, space, part, &m), 0);
+    assert_int_equal(m.epoch, epoch);
+    assert_int_equal(m.applied, applied);
+    assert_int_equal(m.base_seq, base_seq);
+    assert_int_equal(m.base_epoch, base_epoch);
+}
+
+/* Collects a repl meta scan as "space/part:epoch,". */
+static int repl_meta_cb(void *arg, uint32_t space, uint32_t part, const store_repl_meta *m)
+{
+    collect *c = arg;
+    if (c->stop_after < 0 && c->n == -c->stop_after) return -9;
+    buf_printf(&c->out, "%x/%x:%llu,", space, part, (unsigned long long)m->epoch);
+    c->n++;
+    return c->stop_after > 0 && c->n >= c->stop_after ? 1 : 0;
+}
+
+static void expect_repl_scan(store_txn *t, int stop_after, int rc, const char *want)
+{
+    collect c = {.stop_after = stop_after};
+    buf_init(&c.out);
+    assert_int_equal(store_repl_meta_scan(t, repl_meta_cb, &c), rc);
+    collect_done(&c);
+    assert_string_equal(c.out.data, want);
+    buf_free(&c.out);
+}
+
+static void test_repl_meta(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    expect_repl_meta(&t, 1, 1, 0, 0, 0, 0);
+    expect_repl_scan(&t, 0, 0, "");
+    store_repl_meta a = {.epoch = 3, .applied = 17, .base_seq = 10, .base_epoch = 2};
+    store_repl_meta b = {.epoch = UINT64_MAX, .applied = UINT64_MAX - 1, .base_seq = 1,
+                         .base_epoch = 0x0102030405060708};
+    assert_int_equal(store_repl_meta_put(&t, 1, 1, &a), 0);
+    assert_int_equal(store_repl_meta_put(&t, 0x01000000, 0, &b), 0);
+    assert_int_equal(store_repl_meta_put(&t, 0, 0x01000000, &b), 0);
+    store_repl_meta e = {.epoch = 5};
+    assert_int_equal(store_repl_meta_put(&t, 0xffffffff, 0xffffffff, &e), 0);
+    /* The standalone counter is a different record. */
+    store_part_meta pm = {.seq = 99, .epoch = 98};
+    assert_int_equal(store_part_meta_put(&t, 1, 2, &pm), 0);
+    commit(&t);
+
+    begin(f, true, &t);
+    expect_repl_meta(&t, 1, 1, 3, 17, 10, 2);
+    expect_repl_meta(&t, 0x01000000, 0, UINT64_MAX, UINT64_MAX - 1, 1, 0x0102030405060708);
+    expect_repl_meta(&t, 0, 0x01000000, UINT64_MAX, UINT64_MAX - 1, 1, 0x0102030405060708);
+    expect_repl_meta(&t, 0xffffffff, 0xffffffff, 5, 0, 0, 0);
+    expect_repl_meta(&t, 1, 0, 0, 0, 0, 0);
+    expect_repl_meta(&t, 1, 2, 0, 0, 0, 0);
+    expect_repl_meta(&t, 0, 1, 0, 0, 0, 0);
+    store_part_meta got;
+    assert_int_equal(store_part_meta_get(&t, 1, 1, &got), 0);
+    assert_int_equal(got.seq, 0);
+    a.applied = 18;
+    assert_int_equal(store_repl_meta_put(&t, 1, 1, &a), 0);
+    expect_repl_meta(&t, 1, 1, 3, 18, 10, 2);
+    /* The scan: (space, part) order, stop, errors. */
+    expect_repl_scan(&t, 0, 0,
+                     "0/1000000:18446744073709551615,1/1:3,1000000/0:18446744073709551615,"
+                     "ffffffff/ffffffff:5,");
+    expect_repl_scan(&t, 2, 0, "0/1000000:18446744073709551615,1/1:3,");
+    expect_repl_scan(&t, -1, -9, "0/1000000:18446744073709551615,");
+
+    /* Garbage is MDB_CORRUPTED (and zeros), never misread: too short, too
+     * long, the wrong version. */
+    unsigned char key[8] = {0, 0, 0, 9, 0, 0, 0, 9};
+    unsigned char rec[34];
+    memset(rec, 0, sizeof rec);
+    rec[0] = 1;
+    rec[8] = 4; /* epoch 4 */
+    raw_put(&t, "repl", key, 8, rec, 33);
+    expect_repl_meta(&t, 9, 9, 4, 0, 0, 0); /* the real layout */
+    static const size_t lens[] = {0, 1, 32, 34};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        raw_put(&t, "repl", key, 8, rec, lens[i]);
+        store_repl_meta m;
+        memset(&m, 0xab, sizeof m);
+        assert_int_equal(store_repl_meta_get(&t, 9, 9, &m), MDB_CORRUPTED);
+        assert_int_equal(m.epoch, 0);
+        assert_int_equal(m.applied, 0);
+    }
+    rec[0] = 2;
+    raw_put(&t, "repl", key, 8, rec, 33);
+    store_repl_meta m;
+    assert_int_equal(store_repl_meta_get(&t, 9, 9, &m), MDB_CORRUPTED);
+    expect_repl_scan(&t, 0, MDB_CORRUPTED, "0/1000000:18446744073709551615,1/1:3,");
+    store_txn_abort(&t);
+}
+
+/* ---- replication: the client table -------------------------------------- */
+
+static void client_put(store_txn *t, uint32_t space, uint32_t part, uint64_t id, uint64_t cseq,
+                       uint64_t seq, const char *result)
+{
+    store_client c = {.client_id = id, .client_seq = cseq, .seq = seq,
+                      .rlen = (uint32_t)strlen(result), .result = (const uint8_t *)result};
+    assert_int_equal(store_client_put(t, space, part, &c), 0);
+}
+
+static void expect_client(store_txn *t, uint32_t space, uint32_t part, uint64_t id, uint64_t cseq,
+                          uint64_t seq, const char *result)
+{
+    store_client c;
+    memset(&c, 0xab, sizeof c);
+    assert_int_equal(store_client_get(t, space, part, id, &c), 0);
+    assert_int_equal(c.client_id, id);
+    assert_int_equal(c.client_seq, cseq);
+    assert_int_equal(c.seq, seq);
+    assert_int_equal(c.rlen, strlen(result));
+    if (c.rlen)
+        assert_memory_equal(c.result, result, c.rlen);
+    else
+        assert_null(c.result);
+}
+
+static int client_cb(void *arg, const store_client *c)
+{
+    collect *x = arg;
+    if (x->stop_after < 0 && x->n == -x->stop_after) return -3;
+    buf_printf(&x->out, "%llu:%llu:%llu:", (unsigned long long)c->client_id,
+               (unsigned long long)c->client_seq, (unsigned long long)c->seq);
+    buf_append(&x->out, c->result, c->rlen);
+    buf_putc(&x->out, ',');
+    x->n++;
+    return x->stop_after > 0 && x->n >= x->stop_after ? 1 : 0;
+}
+
+static void expect_clients(store_txn *t, uint32_t space, uint32_t part, int stop_after, int rc,
+                           const char *want)
+{
+    collect c = {.stop_after = stop_after};
+    buf_init(&c.out);
+    assert_int_equal(store_client_scan(t, space, part, client_cb, &c), rc);
+    collect_done(&c);
+    assert_string_equal(c.out.data, want);
+    buf_free(&c.out);
+}
+
+static void fill_clients(store_txn *t)
+{
+    client_put(t, 1, 1, UINT64_MAX, 3, 30, ":1\r\n");
+    client_put(t, 1, 1, 1, 1, 10, "+OK\r\n");
+    client_put(t, 1, 1, 0x100, 7, 12, "");
+    client_put(t, 1, 1, 0, 2, 2, "-CMPFAIL x\r\n");
+    for (size_t i = 0; i < NNEIGH; i++)
+        client_put(t, NEIGH[i][0], NEIGH[i][1], 5, 5, 5, "n");
+}
+
+static void expect_client_neighbours(store_txn *t)
+{
+    for (size_t i = 0; i < NNEIGH; i++)
+        expect_clients(t, NEIGH[i][0], NEIGH[i][1], 0, 0, "5:5:5:n,");
+}
+
+static void test_client_table(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    store_client c;
+    begin(f, true, &t);
+    assert_int_equal(store_client_get(&t, 1, 1, 1, &c), MDB_NOTFOUND);
+    expect_clients(&t, 1, 1, 0, 0, "");
+    fill_clients(&t);
+    commit(&t);
+
+    begin(f, true, &t);
+    expect_client(&t, 1, 1, 1, 1, 10, "+OK\r\n");
+    expect_client(&t, 1, 1, UINT64_MAX, 3, 30, ":1\r\n");
+    expect_client(&t, 1, 1, 0x100, 7, 12, "");
+    expect_client(&t, 1, 1, 0, 2, 2, "-CMPFAIL x\r\n");
+    assert_int_equal(store_client_get(&t, 1, 1, 2, &c), MDB_NOTFOUND);
+    assert_int_equal(store_client_get(&t, 1, 2, 1, &c), MDB_NOTFOUND);
+    /* client_id order, stop, errors. */
+    expect_clients(&t, 1, 1, 0, 0,
+                   "0:2:2:-CMPFAIL x\r\n,1:1:10:+OK\r\n,256:7:12:,18446744073709551615:3:30::1\r\n,");
+    expect_clients(&t, 1, 1, 2, 0, "0:2:2:-CMPFAIL x\r\n,1:1:10:+OK\r\n,");
+    expect_clients(&t, 1, 1, -1, -3, "0:2:2:-CMPFAIL x\r\n,");
+    expect_client_neighbours(&t);
+    /* Replacing a row: longer, then shorter, then empty result. */
+    client_put(&t, 1, 1, 1, 2, 11, "a much longer result than before");
+    expect_client(&t, 1, 1, 1, 2, 11, "a much longer result than before");
+    client_put(&t, 1, 1, 1, 3, 12, "s");
+    expect_client(&t, 1, 1, 1, 3, 12, "s");
+    client_put(&t, 1, 1, 1, 4, 13, "");
+    expect_client(&t, 1, 1, 1, 4, 13, "");
+    /* A 64 KiB result with binary bytes. */
+    size_t rlen = 64u << 10;
+    uint8_t *big = malloc(rlen);
+    assert_non_null(big);
+    for (size_t i = 0; i < rlen; i++)
+        big[i] = (uint8_t)(i * 13);
+    store_client bc = {.client_id = 77, .client_seq = 1, .seq = 99, .rlen = (uint32_t)rlen,
+                       .result = big};
+    assert_int_equal(store_client_put(&t, 1, 1, &bc), 0);
+    commit(&t);
+    begin(f, true, &t);
+    assert_int_equal(store_client_get(&t, 1, 1, 77, &c), 0);
+    assert_int_equal(c.rlen, rlen);
+    assert_memory_equal(c.result, big, rlen);
+    free(big);
+
+    /* delete_all: that partition only. */
+    assert_int_equal(store_client_delete_all(&t, 1, 1), 0);
+    expect_clients(&t, 1, 1, 0, 0, "");
+    assert_int_equal(store_client_get(&t, 1, 1, 0, &c), MDB_NOTFOUND);
+    expect_client_neighbours(&t);
+    assert_int_equal(store_client_delete_all(&t, 1, 1), 0);
+    assert_int_equal(store_client_delete_all(&t, 0xffffffff, 0xffffffff), 0);
+    expect_clients(&t, 0xffffffff, 0xffffffff, 0, 0, "");
+    expect_clients(&t, 1, 0xffffffff, 0, 0, "5:5:5:n,");
+    commit(&t);
+}
+
+static void test_client_corrupt(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    client_put(&t, 9, 9, 1, 1, 1, "ok");
+    /* Key (9, 9, client 2); a well-formed record first. */
+    unsigned char key[16] = {0, 0, 0, 9, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 2};
+    unsigned char rec[32];
+    memset(rec, 0, sizeof rec);
+    rec[0] = 1;
+    rec[8] = 6;   /* client_seq 6 */
+    rec[16] = 8;  /* seq 8 */
+    rec[20] = 3;  /* result length 3 */
+    memcpy(rec + 21, "abc", 3);
+    raw_put(&t, "client", key, 16, rec, 24);
+    expect_client(&t, 9, 9, 2, 6, 8, "abc");
+    struct {
+        size_t len;
+        unsigned char version, rlen;
+    } bad[] = {
+        {0, 1, 3},  /* empty */
+        {20, 1, 3}, /* shorter than the header */
+        {23, 1, 3}, /* result cut short */
+        {25, 1, 3}, /* trailing byte */
+        {21, 1, 3}, /* header only, length says 3 */
+        {24, 0, 3}, /* version 0 */
+        {24, 2, 3}, /* version 2 */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        rec[0] = bad[i].version;
+        rec[20] = bad[i].rlen;
+        raw_put(&t, "client", key, 16, rec, bad[i].len);
+        store_client c;
+        memset(&c, 0xab, sizeof c);
+        assert_int_equal(store_client_get(&t, 9, 9, 2, &c), MDB_CORRUPTED);
+        assert_int_equal(c.client_id, 0);
+        assert_int_equal(c.rlen, 0);
+        assert_null(c.result);
+        expect_clients(&t, 9, 9, 0, MDB_CORRUPTED, "1:1:1:ok,");
+    }
+    /* A key of the wrong size inside the partition's range. */
+    rec[0] = 1;
+    raw_put(&t, "client", key, 16, rec, 24);
+    expect_clients(&t, 9, 9, 0, 0, "1:1:1:ok,2:6:8:abc,");
+    raw_put(&t, "client", key, 12, rec, 24);
+    expect_clients(&t, 9, 9, 0, MDB_CORRUPTED, "");
+    store_txn_abort(&t);
+}
+
+/* ---- replication: clearing a partition, dropping a space ----------------- */
+
+/* Fills partition (space, part) with two objects (indexed), log entries,
+ * client rows, replication metadata and the standalone counter. */
+static void fill_part(fx *f, store_txn *t, uint32_t space, uint32_t part)
+{
+    obj_value v[4];
+    mkvals(v, "name", 7, 0.25, "u");
+    put(f, t, space, part, "ka", NULL, v);
+    put(f, t, space, part, "kb", NULL, v);
+    log_put(t, space, part, 1, "l1");
+    log_put(t, space, part, 2, "l2");
+    client_put(t, space, part, 4, 1, 2, "r");
+    store_repl_meta rm = {.epoch = 3, .applied = 2, .base_seq = 0, .base_epoch = 0};
+    assert_int_equal(store_repl_meta_put(t, space, part, &rm), 0);
+    store_part_meta pm = {.seq = 5, .epoch = 1};
+    assert_int_equal(store_part_meta_put(t, space, part, &pm), 0);
+}
+
+static void expect_part_full(fx *f, store_txn *t, uint32_t space, uint32_t part)
+{
+    (void)f;
+    obj_value name = sv("name");
+    expect_scan(t, space, part, "ka,kb,");
+    expect_iscan(t, space, part, A_S, SPACE_STRING, &name, &name, "ka,kb,");
+    expect_iscan(t, space, part, A_I, SPACE_INT, NULL, NULL, "ka,kb,");
+    expect_iscan(t, space, part, A_F, SPACE_FLOAT, NULL, NULL, "ka,kb,");
+    expect_log(t, space, part, 0, "1=l1,2=l2,");
+    expect_clients(t, space, part, 0, 0, "4:1:2:r,");
+    expect_repl_meta(t, space, part, 3, 2, 0, 0);
+    store_part_meta pm;
+    assert_int_equal(store_part_meta_get(t, space, part, &pm), 0);
+    assert_int_equal(pm.seq, 5);
+}
+
+static void expect_part_empty(store_txn *t, uint32_t space, uint32_t part)
+{
+    expect_scan(t, space, part, "");
+    expect_iscan(t, space, part, A_S, SPACE_STRING, NULL, NULL, "");
+    expect_iscan(t, space, part, A_I, SPACE_INT, NULL, NULL, "");
+    expect_iscan(t, space, part, A_F, SPACE_FLOAT, NULL, NULL, "");
+    expect_log(t, space, part, 0, "");
+    expect_clients(t, space, part, 0, 0, "");
+    expect_repl_meta(t, space, part, 0, 0, 0, 0);
+    store_part_meta pm;
+    assert_int_equal(store_part_meta_get(t, space, part, &pm), 0);
+    assert_int_equal(pm.seq, 0);
+    assert_int_equal(pm.epoch, 0);
+}
+
+static void test_part_clear(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    fill_part(f, &t, 1, 1);
+    for (size_t i = 0; i < NNEIGH; i++)
+        fill_part(f, &t, NEIGH[i][0], NEIGH[i][1]);
+    assert_int_equal(store_meta_put(&t, "cmap", "map", 3), 0);
+    commit(&t);
+
+    begin(f, true, &t);
+    assert_int_equal(store_part_clear(&t, 1, 1), 0);
+    expect_part_empty(&t, 1, 1);
+    for (size_t i = 0; i < NNEIGH; i++)
+        expect_part_full(f, &t, NEIGH[i][0], NEIGH[i][1]);
+    commit(&t);
+
+    begin(f, true, &t);
+    expect_part_empty(&t, 1, 1);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(store_meta_get(&t, "cmap", &val, &vlen), 0);
+    assert_int_equal(vlen, 3);
+    /* Clearing an empty partition, and the partitions at both ends of the
+     * key space. */
+    assert_int_equal(store_part_clear(&t, 1, 1), 0);
+    assert_int_equal(store_part_clear(&t, 0xffffffff, 0xffffffff), 0);
+    expect_part_empty(&t, 0xffffffff, 0xffffffff);
+    fill_part(f, &t, 0, 0);
+    assert_int_equal(store_part_clear(&t, 0, 0), 0);
+    expect_part_empty(&t, 0, 0);
+    for (size_t i = 0; i + 1 < NNEIGH; i++)
+        expect_part_full(f, &t, NEIGH[i][0], NEIGH[i][1]);
+    /* A cleared partition is usable again (a full copy being installed). */
+    fill_part(f, &t, 1, 1);
+    expect_part_full(f, &t, 1, 1);
+    commit(&t);
+}
+
+static void test_drop_space_repl(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    for (uint32_t sp = 1; sp <= 3; sp++)
+        for (uint32_t part = 0; part < 3; part++)
+            fill_part(f, &t, sp, part);
+    fill_part(f, &t, 0x02000000, 0); /* space 2 byte-reversed */
+    fill_part(f, &t, 0x00000002, 0xffffffff);
+    commit(&t);
+
+    begin(f, true, &t);
+    assert_int_equal(store_drop_space(&t, 2), 0);
+    commit(&t);
+    begin(f, false, &t);
+    for (uint32_t part = 0; part < 3; part++) {
+        expect_part_empty(&t, 2, part);
+        expect_part_full(f, &t, 1, part);
+        expect_part_full(f, &t, 3, part);
+    }
+    expect_part_empty(&t, 2, 0xffffffff);
+    expect_part_full(f, &t, 0x02000000, 0);
+    expect_repl_scan(&t, 0, 0, "1/0:3,1/1:3,1/2:3,3/0:3,3/1:3,3/2:3,2000000/0:3,");
+    store_txn_abort(&t);
+}
+
+static void test_repl_state_durable(void **state)
+{
+    fx *f = *state;
+    store_txn t;
+    begin(f, true, &t);
+    fill_part(f, &t, 4, 2);
+    commit(&t);
+    /* An aborted transaction leaves nothing of the new databases. */
+    begin(f, true, &t);
+    fill_part(f, &t, 5, 0);
+    store_txn_abort(&t);
+    store_close(f->s);
+    f->s = NULL;
+    open_store(f, STORE_SYNC_BATCH);
+    begin(f, false, &t);
+    expect_part_full(f, &t, 4, 2);
+    expect_part_empty(&t, 5, 0);
+    expect_repl_scan(&t, 0, 0, "4/2:3,");
+    store_txn_abort(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -946,6 +1628,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_size_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_discards, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_snapshot_reset_renew, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_put_get_scan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_delete_from, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_delete_through, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_log_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_repl_meta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_part_clear, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drop_space_repl, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_repl_state_durable, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
