@@ -9,14 +9,20 @@
  * placement is a pure function of the map (ONLINE daemons in id order and the
  * new space's id). Out of memory aborts the process, as in buf.c.
  *
- * Invariants, in addition to the five of cmap.h:
- *   6. At most one daemon per host:port is ONLINE or SUSPECT (ADD_DAEMON and
+ * Invariants, in addition to the seven of cmap.h:
+ *   8. At most one daemon per host:port is ONLINE or SUSPECT (ADD_DAEMON and
  *      SET_DAEMON_STATE refuse to create a second one).
- *   7. spaces[] is in creation order, which is also strictly increasing id
+ *   9. spaces[] is in creation order, which is also strictly increasing id
  *      order; daemons[] is in strictly increasing id order.
- *   8. An unbootstrapped map (cluster_id 0) is exactly cmap_new(): version 0,
+ *  10. An unbootstrapped map (cluster_id 0) is exactly cmap_new(): version 0,
  *      zero settings and counters, no daemons, no spaces.
- *   9. A daemon's since_ms changes only when its state changes.
+ *  11. A daemon's since_ms changes only when its state changes.
+ *  12. departed[] slots past ndeparted are zero (so cmap_clone copies and
+ *      struct comparisons see no stale ids).
+ *
+ * Health (cmap.h invariant 4) depends on daemon states, so it is recomputed
+ * (part_refresh) for every partition a command touches and, on
+ * SET_DAEMON_STATE, for every partition that lists the daemon.
  *
  * Daemon states (every transition is SET_DAEMON_STATE, decided by the caller;
  * the state machine only forbids leaving RETIRED):
@@ -34,10 +40,16 @@
  *     DROP_SPACE        str name
  *     ADD_DAEMON        str host, u16 port, u16 peer_port, u64 now_ms
  *     SET_DAEMON_STATE  u64 daemon id, u32 state, u64 now_ms
+ *     ADD_COORDINATOR   str host, u16 port, str peer host, u16 peer port
+ *     REMOVE_COORDINATOR u64 id
+ *     REPLICA_FAILED    u64 daemon id
+ *     ADD_REPLICA       u32 space id, u32 partition, u64 daemon id
+ *     REPLICA_IN_SYNC   u32 space id, u32 partition, u64 daemon id, u64 epoch
+ *     HANDOFF           u32 space id, u32 partition, u64 daemon id
  *
  * A command with trailing bytes is malformed.
  *
- * Map encoding, format version CMAP_FORMAT_VERSION (1), big endian:
+ * Map encoding, format version CMAP_FORMAT_VERSION (3), big endian:
  *
  *     u8  format version
  *     u64 cluster_id, u64 version
@@ -49,10 +61,15 @@
  *     u32 nspaces, then per space:
  *         u32 id, str schema (space_encode bytes), u32 npartitions, then per
  *         partition: u64 epoch, u8 health, u32 nreplicas, then per replica:
- *             u64 daemon id, u8 state
+ *             u64 daemon id, u8 state;
+ *             format >= 3: u32 ndeparted, then u64 daemon id each
+ *     format >= 2: u64 next_coord_id, u32 ncoords, then per coordinator:
+ *         u64 id, str host, u16 port, str peer host, u16 peer port
  *
  * Daemons come before spaces so that the decoder can check replicas against
- * known daemons in one pass. Health is stored and checked against invariant 4.
+ * known daemons in one pass. Health is stored and checked against invariant 4
+ * (formats 1 and 2: against the rule they were written with, IN_SYNC replicas
+ * whatever their daemon's state; then recomputed).
  */
 #include "cmap.h"
 
@@ -74,6 +91,7 @@
 #define SPACE_MIN_ENCODED 12     /* 4 + 4 + 4 */
 #define PARTITION_MIN_ENCODED 13 /* 8 + 1 + 4 */
 #define REPLICA_ENCODED 9        /* 8 + 1 */
+#define FORMAT_DEPARTED 3        /* the first map format with departed lists */
 
 enum setting_id { S_HEARTBEAT, S_PING, S_REPROTECT, S_RETENTION, S_COUNT };
 
@@ -320,13 +338,103 @@ static const cmap_daemon *live_at(const cmap *m, const char *host, size_t hlen, 
     return NULL;
 }
 
-static uint8_t health_of(const cmap_partition *p, uint32_t tolerate)
+static bool daemon_online(const cmap *m, uint64_t id)
+{
+    const cmap_daemon *d = cmap_daemon_find(m, id);
+    return d && d->state == CMAP_D_ONLINE;
+}
+
+static uint8_t health_from(uint32_t live_in_sync, uint32_t tolerate)
+{
+    if (live_in_sync == 0) return CMAP_H_UNAVAILABLE;
+    return live_in_sync >= tolerate + 1 ? CMAP_H_PROTECTED : CMAP_H_DEGRADED;
+}
+
+/* cmap.h invariant 4: only IN_SYNC replicas on ONLINE daemons count. */
+static uint8_t health_of(const cmap *m, const cmap_partition *p, uint32_t tolerate)
+{
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < p->nreplicas; i++)
+        if (p->replicas[i].state == CMAP_R_IN_SYNC && daemon_online(m, p->replicas[i].daemon))
+            live++;
+    return health_from(live, tolerate);
+}
+
+/* The rule map formats 1 and 2 were written with: IN_SYNC replicas count
+ * whatever their daemon's state. */
+static uint8_t health_v2(const cmap_partition *p, uint32_t tolerate)
 {
     uint32_t in_sync = 0;
     for (uint32_t i = 0; i < p->nreplicas; i++)
         if (p->replicas[i].state == CMAP_R_IN_SYNC) in_sync++;
-    if (in_sync == 0) return CMAP_H_UNAVAILABLE;
-    return in_sync >= tolerate + 1 ? CMAP_H_PROTECTED : CMAP_H_DEGRADED;
+    return health_from(in_sync, tolerate);
+}
+
+/* Recomputes health and drops the departed list of a partition that is
+ * PROTECTED again (cmap.h invariants 4 and 7). */
+static void part_refresh(const cmap *m, cmap_partition *pt, uint32_t tolerate)
+{
+    pt->health = health_of(m, pt, tolerate);
+    if (pt->health == CMAP_H_PROTECTED) {
+        pt->ndeparted = 0;
+        memset(pt->departed, 0, sizeof pt->departed);
+    }
+}
+
+static int replica_index(const cmap_partition *pt, uint64_t daemon)
+{
+    for (uint32_t i = 0; i < pt->nreplicas; i++)
+        if (pt->replicas[i].daemon == daemon) return (int)i;
+    return -1;
+}
+
+static bool has_in_sync(const cmap_partition *pt)
+{
+    for (uint32_t i = 0; i < pt->nreplicas; i++)
+        if (pt->replicas[i].state == CMAP_R_IN_SYNC) return true;
+    return false;
+}
+
+/* Index of the first IN_SYNC replica other than `except` on an ONLINE
+ * daemon, or -1. */
+static int live_in_sync_other(const cmap *m, const cmap_partition *pt, uint32_t except)
+{
+    for (uint32_t i = 0; i < pt->nreplicas; i++)
+        if (i != except && pt->replicas[i].state == CMAP_R_IN_SYNC &&
+            daemon_online(m, pt->replicas[i].daemon))
+            return (int)i;
+    return -1;
+}
+
+/* Moves replica i to the front, keeping the others in order. */
+static void move_to_front(cmap_partition *pt, uint32_t i)
+{
+    cmap_replica r = pt->replicas[i];
+    memmove(&pt->replicas[1], &pt->replicas[0], i * sizeof pt->replicas[0]);
+    pt->replicas[0] = r;
+}
+
+static void departed_remove(cmap_partition *pt, uint64_t daemon)
+{
+    for (uint32_t i = 0; i < pt->ndeparted; i++)
+        if (pt->departed[i] == daemon) {
+            memmove(&pt->departed[i], &pt->departed[i + 1],
+                    (pt->ndeparted - i - 1) * sizeof pt->departed[0]);
+            pt->departed[--pt->ndeparted] = 0;
+            return;
+        }
+}
+
+/* Records a removed daemon; when the list is full the oldest is dropped. */
+static void departed_add(cmap_partition *pt, uint64_t daemon)
+{
+    departed_remove(pt, daemon);
+    if (pt->ndeparted == CMAP_MAX_REPLICAS) {
+        memmove(&pt->departed[0], &pt->departed[1],
+                (CMAP_MAX_REPLICAS - 1) * sizeof pt->departed[0]);
+        pt->ndeparted--;
+    }
+    pt->departed[pt->ndeparted++] = daemon;
 }
 
 static uint32_t space_index(const cmap *m, const char *name, size_t len)
@@ -459,7 +567,7 @@ static int apply_add_space(cmap *m, rd *r, cmap_result *res)
             pt->replicas[j].daemon = cand[((uint64_t)p + id + j) % n];
             pt->replicas[j].state = CMAP_R_IN_SYNC;
         }
-        pt->health = health_of(pt, schema->tolerate);
+        pt->health = health_of(m, pt, schema->tolerate);
     }
 
     m->spaces = xrealloc(m->spaces, (m->nspaces + 1) * sizeof *m->spaces);
@@ -556,6 +664,13 @@ static int apply_set_daemon_state(cmap *m, rd *r, cmap_result *res)
     if (d->state != state) {
         d->state = (uint8_t)state;
         d->since_ms = now_ms;
+        /* health counts daemon states (cmap.h invariant 4) */
+        for (uint32_t s = 0; s < m->nspaces; s++) {
+            cmap_space *sp = &m->spaces[s];
+            for (uint32_t p = 0; p < sp->schema->partitions; p++)
+                if (replica_index(&sp->parts[p], id) >= 0)
+                    part_refresh(m, &sp->parts[p], sp->schema->tolerate);
+        }
     }
     return 0;
 }
@@ -609,11 +724,226 @@ static int apply_remove_coordinator(cmap *m, rd *r, cmap_result *res)
     return refuse(res, "ERR no such coordinator %llu", (unsigned long long)id);
 }
 
+/* ---- replica commands (failure handling) -------------------------------- */
+
+/* Finds the partition a replica command names, or refuses. */
+static int find_part(cmap *m, uint32_t sid, uint32_t part, cmap_space **spp, cmap_partition **ptp,
+                     cmap_result *res)
+{
+    cmap_space *sp = (cmap_space *)cmap_space_by_id(m, sid);
+    if (!sp) return refuse(res, "NOSPACE no such space %" PRIu32, sid);
+    if (part >= sp->schema->partitions)
+        return refuse(res, "ERR space '%s' has no partition %" PRIu32 " (it has %" PRIu32 ")",
+                      sp->schema->name, part, sp->schema->partitions);
+    *spp = sp;
+    *ptp = &sp->parts[part];
+    return 0;
+}
+
+static int epochs_exhausted(cmap_result *res, const cmap_space *sp, uint32_t part)
+{
+    return refuse(res, "ERR partition %" PRIu32 " of '%s' has exhausted its epochs", part,
+                  sp->schema->name);
+}
+
+/* Whether REPLICA_FAILED removes replica k (its daemon is down): a
+ * CATCHING_UP replica always (it counts for nothing), an IN_SYNC one only
+ * while another IN_SYNC replica is on an ONLINE daemon (cmap.h invariant 6). */
+static bool failed_removes(const cmap *m, const cmap_partition *pt, uint32_t k)
+{
+    if (pt->replicas[k].state != CMAP_R_IN_SYNC) return true;
+    return live_in_sync_other(m, pt, k) >= 0;
+}
+
+static int apply_replica_failed(cmap *m, rd *r, cmap_result *res)
+{
+    uint64_t id = rd_u64(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    const cmap_daemon *d = cmap_daemon_find(m, id);
+    if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
+    /* Only a daemon the map already holds down: the coordinator marks one
+     * OFFLINE after its lease must have run out, and a SHUTDOWN daemon has
+     * stopped serving (DESIGN I1). */
+    if (daemon_live(d->state))
+        return refuse(res, "ERR daemon %" PRIu64 " is %s: only a daemon marked down can be failed",
+                      id, cmap_daemon_state_name(d->state));
+
+    /* decide everything first, so a refusal changes nothing */
+    uint32_t changes = 0;
+    for (uint32_t s = 0; s < m->nspaces; s++) {
+        const cmap_space *sp = &m->spaces[s];
+        for (uint32_t p = 0; p < sp->schema->partitions; p++) {
+            const cmap_partition *pt = &sp->parts[p];
+            int k = replica_index(pt, id);
+            if (k < 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
+            if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, p);
+            changes++;
+        }
+    }
+    if (!changes)
+        return refuse(res, "ERR daemon %" PRIu64 " holds no replica that can be removed", id);
+
+    for (uint32_t s = 0; s < m->nspaces; s++) {
+        cmap_space *sp = &m->spaces[s];
+        for (uint32_t p = 0; p < sp->schema->partitions; p++) {
+            cmap_partition *pt = &sp->parts[p];
+            int k = replica_index(pt, id);
+            if (k < 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
+            /* I3: the new primary is an IN_SYNC replica of this epoch, on a
+             * daemon that can serve; failed_removes checked there is one
+             * whenever the removed replica was IN_SYNC */
+            int next = k == 0 ? live_in_sync_other(m, pt, 0) : -1;
+            if (next > 0) move_to_front(pt, (uint32_t)next);
+            uint32_t at = (uint32_t)replica_index(pt, id);
+            memmove(&pt->replicas[at], &pt->replicas[at + 1],
+                    (pt->nreplicas - at - 1) * sizeof pt->replicas[0]);
+            pt->nreplicas--;
+            memset(&pt->replicas[pt->nreplicas], 0, sizeof pt->replicas[0]);
+            departed_add(pt, id);
+            pt->epoch++;
+            part_refresh(m, pt, sp->schema->tolerate);
+        }
+    }
+    return 0;
+}
+
+static int apply_add_replica(cmap *m, rd *r, cmap_result *res)
+{
+    uint32_t sid = rd_u32(r);
+    uint32_t part = rd_u32(r);
+    uint64_t id = rd_u64(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    cmap_space *sp;
+    cmap_partition *pt;
+    if (find_part(m, sid, part, &sp, &pt, res)) return -1;
+    const cmap_daemon *d = cmap_daemon_find(m, id);
+    if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
+    if (replica_index(pt, id) >= 0)
+        return refuse(res, "ERR daemon %" PRIu64 " already holds partition %" PRIu32 " of '%s'", id,
+                      part, sp->schema->name);
+    if (d->state != CMAP_D_ONLINE)
+        return refuse(res, "ERR daemon %" PRIu64 " is %s: only an ONLINE daemon can take a replica",
+                      id, cmap_daemon_state_name(d->state));
+    if (pt->nreplicas >= CMAP_MAX_REPLICAS)
+        return refuse(res, "ERR partition %" PRIu32 " of '%s' already has %d replicas", part,
+                      sp->schema->name, CMAP_MAX_REPLICAS);
+    if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, part);
+
+    pt->replicas[pt->nreplicas++] = (cmap_replica){.daemon = id, .state = CMAP_R_CATCHING_UP};
+    departed_remove(pt, id);
+    pt->epoch++;
+    part_refresh(m, pt, sp->schema->tolerate);
+    return 0;
+}
+
+static int apply_replica_in_sync(cmap *m, rd *r, cmap_result *res)
+{
+    uint32_t sid = rd_u32(r);
+    uint32_t part = rd_u32(r);
+    uint64_t id = rd_u64(r);
+    uint64_t epoch = rd_u64(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    cmap_space *sp;
+    cmap_partition *pt;
+    if (find_part(m, sid, part, &sp, &pt, res)) return -1;
+    const cmap_daemon *d = cmap_daemon_find(m, id);
+    if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
+    int k = replica_index(pt, id);
+    if (k < 0)
+        return refuse(res, "ERR daemon %" PRIu64 " is not a replica of partition %" PRIu32 " of '%s'",
+                      id, part, sp->schema->name);
+    if (pt->replicas[k].state == CMAP_R_IN_SYNC)
+        return refuse(res, "ERR daemon %" PRIu64 " is already in sync for partition %" PRIu32
+                      " of '%s'", id, part, sp->schema->name);
+    /* A report from an older epoch proves nothing about commits made since
+     * (docs/replication.md, catching up). */
+    if (epoch != pt->epoch)
+        return refuse(res, "ERR stale report: partition %" PRIu32 " of '%s' is at epoch %" PRIu64
+                      ", not %" PRIu64, part, sp->schema->name, pt->epoch, epoch);
+    if (d->state != CMAP_D_ONLINE)
+        return refuse(res, "ERR daemon %" PRIu64 " is %s: only an ONLINE replica can be in sync", id,
+                      cmap_daemon_state_name(d->state));
+    if (!has_in_sync(pt))
+        return refuse(res, "ERR partition %" PRIu32 " of '%s' has no in-sync replica to catch up from",
+                      part, sp->schema->name);
+    if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, part);
+
+    pt->replicas[k].state = CMAP_R_IN_SYNC;
+    pt->epoch++;
+    part_refresh(m, pt, sp->schema->tolerate);
+    return 0;
+}
+
+static int apply_handoff(cmap *m, rd *r, cmap_result *res)
+{
+    uint32_t sid = rd_u32(r);
+    uint32_t part = rd_u32(r);
+    uint64_t id = rd_u64(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    cmap_space *sp;
+    cmap_partition *pt;
+    if (find_part(m, sid, part, &sp, &pt, res)) return -1;
+    const cmap_daemon *d = cmap_daemon_find(m, id);
+    if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
+    int k = replica_index(pt, id);
+    if (k < 0)
+        return refuse(res, "ERR daemon %" PRIu64 " is not a replica of partition %" PRIu32 " of '%s'",
+                      id, part, sp->schema->name);
+    if (k == 0)
+        return refuse(res, "ERR daemon %" PRIu64 " is already the primary of partition %" PRIu32
+                      " of '%s'", id, part, sp->schema->name);
+    if (pt->replicas[k].state != CMAP_R_IN_SYNC)
+        return refuse(res, "ERR daemon %" PRIu64 " is not in sync for partition %" PRIu32 " of '%s'",
+                      id, part, sp->schema->name);
+    if (d->state != CMAP_D_ONLINE)
+        return refuse(res, "ERR daemon %" PRIu64 " is %s: only an ONLINE replica can become primary",
+                      id, cmap_daemon_state_name(d->state));
+    if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, part);
+
+    move_to_front(pt, (uint32_t)k);
+    pt->epoch++;
+    part_refresh(m, pt, sp->schema->tolerate);
+    return 0;
+}
+
 /* ---- public API --------------------------------------------------------- */
 
 cmap *cmap_new(void)
 {
     return xcalloc(1, sizeof(cmap));
+}
+
+cmap *cmap_clone(const cmap *m)
+{
+    cmap *c = xcalloc(1, sizeof *c);
+    *c = *m;
+    c->daemons = NULL;
+    c->coords = NULL;
+    c->spaces = NULL;
+    if (m->ndaemons) {
+        c->daemons = xcalloc(m->ndaemons, sizeof *c->daemons);
+        memcpy(c->daemons, m->daemons, m->ndaemons * sizeof *c->daemons);
+    }
+    if (m->ncoords) {
+        c->coords = xcalloc(m->ncoords, sizeof *c->coords);
+        memcpy(c->coords, m->coords, m->ncoords * sizeof *c->coords);
+    }
+    if (m->nspaces) {
+        c->spaces = xcalloc(m->nspaces, sizeof *c->spaces);
+        for (uint32_t i = 0; i < m->nspaces; i++) {
+            const cmap_space *from = &m->spaces[i];
+            cmap_space *to = &c->spaces[i];
+            to->id = from->id;
+            to->schema = space_dup(from->schema);
+            to->parts = xcalloc(from->schema->partitions, sizeof *to->parts);
+            memcpy(to->parts, from->parts, from->schema->partitions * sizeof *to->parts);
+        }
+    }
+    return c;
 }
 
 void cmap_free(cmap *m)
@@ -666,6 +996,18 @@ int cmap_apply(cmap *m, const void *cmd, size_t len, cmap_result *res)
         break;
     case CMAP_CMD_REMOVE_COORDINATOR:
         rc = apply_remove_coordinator(m, &r, res);
+        break;
+    case CMAP_CMD_REPLICA_FAILED:
+        rc = apply_replica_failed(m, &r, res);
+        break;
+    case CMAP_CMD_ADD_REPLICA:
+        rc = apply_add_replica(m, &r, res);
+        break;
+    case CMAP_CMD_REPLICA_IN_SYNC:
+        rc = apply_replica_in_sync(m, &r, res);
+        break;
+    case CMAP_CMD_HANDOFF:
+        rc = apply_handoff(m, &r, res);
         break;
     default:
         return malformed(res);
@@ -737,6 +1079,38 @@ void cmap_cmd_remove_coordinator(buf *out, uint64_t id)
     buf_put_u64be(out, id);
 }
 
+void cmap_cmd_replica_failed(buf *out, uint64_t daemon_id)
+{
+    cmd_head(out, CMAP_CMD_REPLICA_FAILED);
+    buf_put_u64be(out, daemon_id);
+}
+
+static void part_cmd(buf *out, enum cmap_cmd_type type, uint32_t space_id, uint32_t part,
+                     uint64_t daemon_id)
+{
+    cmd_head(out, type);
+    buf_put_u32be(out, space_id);
+    buf_put_u32be(out, part);
+    buf_put_u64be(out, daemon_id);
+}
+
+void cmap_cmd_add_replica(buf *out, uint32_t space_id, uint32_t part, uint64_t daemon_id)
+{
+    part_cmd(out, CMAP_CMD_ADD_REPLICA, space_id, part, daemon_id);
+}
+
+void cmap_cmd_replica_in_sync(buf *out, uint32_t space_id, uint32_t part, uint64_t daemon_id,
+                              uint64_t epoch)
+{
+    part_cmd(out, CMAP_CMD_REPLICA_IN_SYNC, space_id, part, daemon_id);
+    buf_put_u64be(out, epoch);
+}
+
+void cmap_cmd_handoff(buf *out, uint32_t space_id, uint32_t part, uint64_t new_primary)
+{
+    part_cmd(out, CMAP_CMD_HANDOFF, space_id, part, new_primary);
+}
+
 const cmap_coordinator *cmap_coordinator_find(const cmap *m, uint64_t id)
 {
     for (uint32_t i = 0; i < m->ncoords; i++)
@@ -759,7 +1133,7 @@ const cmap_space *cmap_space_by_id(const cmap *m, uint32_t id)
 
 const cmap_daemon *cmap_daemon_find(const cmap *m, uint64_t id)
 {
-    uint32_t lo = 0, hi = m->ndaemons; /* daemons[] is sorted by id (invariant 7) */
+    uint32_t lo = 0, hi = m->ndaemons; /* daemons[] is sorted by id (invariant 9) */
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
         if (m->daemons[mid].id == id) return &m->daemons[mid];
@@ -876,6 +1250,10 @@ void cmap_encode(const cmap *m, buf *out)
                 buf_put_u64be(out, pt->replicas[j].daemon);
                 buf_putc(out, (char)pt->replicas[j].state);
             }
+            /* format 3: departed daemons */
+            buf_put_u32be(out, pt->ndeparted);
+            for (uint32_t j = 0; j < pt->ndeparted; j++)
+                buf_put_u64be(out, pt->departed[j]);
         }
     }
     buf_free(&schema);
@@ -943,7 +1321,8 @@ static bool decode_daemon(rd *r, const cmap *m, uint64_t prev_id, cmap_daemon *d
     return d->state >= CMAP_D_ONLINE && d->state <= CMAP_D_RETIRED;
 }
 
-static bool decode_partition(rd *r, const cmap *m, const space_schema *schema, cmap_partition *pt)
+static bool decode_partition(rd *r, const cmap *m, const space_schema *schema, int format,
+                             cmap_partition *pt)
 {
     pt->epoch = rd_u64(r);
     pt->health = rd_u8(r);
@@ -960,12 +1339,30 @@ static bool decode_partition(rd *r, const cmap *m, const space_schema *schema, c
         for (uint32_t q = 0; q < j; q++)
             if (pt->replicas[q].daemon == rep->daemon) return false;
     }
-    return pt->health == health_of(pt, schema->tolerate);
+    /* cmap.h invariant 3: the primary is IN_SYNC whenever any replica is */
+    if (has_in_sync(pt) && pt->replicas[0].state != CMAP_R_IN_SYNC) return false;
+    if (format < FORMAT_DEPARTED) {
+        if (pt->health != health_v2(pt, schema->tolerate)) return false;
+        pt->health = health_of(m, pt, schema->tolerate);
+        return true;
+    }
+    uint32_t ndep = rd_u32(r);
+    if (r->bad || ndep > CMAP_MAX_REPLICAS) return false;
+    for (uint32_t j = 0; j < ndep; j++) {
+        uint64_t id = rd_u64(r);
+        if (r->bad || !cmap_daemon_find(m, id) || replica_index(pt, id) >= 0) return false;
+        for (uint32_t q = 0; q < j; q++)
+            if (pt->departed[q] == id) return false;
+        pt->departed[j] = id;
+        pt->ndeparted = j + 1;
+    }
+    if (pt->health != health_of(m, pt, schema->tolerate)) return false;
+    return pt->health != CMAP_H_PROTECTED || pt->ndeparted == 0; /* invariant 7 */
 }
 
 /* Decodes one space into m->spaces[m->nspaces] and counts it once its
  * schema is owned, so cmap_free releases whatever was decoded so far. */
-static bool decode_space(rd *r, cmap *m, uint32_t prev_id)
+static bool decode_space(rd *r, cmap *m, uint32_t prev_id, int format)
 {
     cmap_space *sp = &m->spaces[m->nspaces];
     sp->id = rd_u32(r);
@@ -988,7 +1385,7 @@ static bool decode_space(rd *r, cmap *m, uint32_t prev_id)
     if (r->left / PARTITION_MIN_ENCODED < nparts) return false;
     sp->parts = xcalloc(nparts, sizeof *sp->parts);
     for (uint32_t p = 0; p < nparts; p++)
-        if (!decode_partition(r, m, schema, &sp->parts[p])) return false;
+        if (!decode_partition(r, m, schema, format, &sp->parts[p])) return false;
     return true;
 }
 
@@ -1000,7 +1397,7 @@ int cmap_decode(const void *data, size_t len, cmap **out)
     cmap *m = cmap_new();
 
     uint8_t format = rd_u8(&r);
-    if (format != 1 && format != CMAP_FORMAT_VERSION) goto err_after_map;
+    if (format < 1 || format > CMAP_FORMAT_VERSION) goto err_after_map;
     m->cluster_id = rd_u64(&r);
     m->version = rd_u64(&r);
     m->settings.heartbeat_ms = rd_u32(&r);
@@ -1014,7 +1411,7 @@ int cmap_decode(const void *data, size_t len, cmap **out)
     m->settings.single_node = single == 1;
 
     if (m->cluster_id == 0) {
-        /* invariant 8: the only unbootstrapped map is cmap_new() */
+        /* invariant 10: the only unbootstrapped map is cmap_new() */
         const cmap_settings *s = &m->settings;
         if (s->heartbeat_ms || s->ping_timeout_ms || s->reprotect_delay_s || s->log_retention ||
             s->single_node)
@@ -1034,7 +1431,7 @@ int cmap_decode(const void *data, size_t len, cmap **out)
         m->ndaemons = i + 1;
         const cmap_daemon *d = &m->daemons[i];
         if (daemon_live(d->state) && live_at(m, d->host, strlen(d->host), d->port, d->id))
-            goto err_after_map; /* invariant 6 */
+            goto err_after_map; /* invariant 8 */
     }
 
     uint32_t ns = rd_u32(&r);
@@ -1042,7 +1439,7 @@ int cmap_decode(const void *data, size_t len, cmap **out)
     if (ns) m->spaces = xcalloc(ns, sizeof *m->spaces);
     for (uint32_t i = 0; i < ns; i++) {
         uint32_t prev = i ? m->spaces[i - 1].id : 0;
-        if (!decode_space(&r, m, prev)) goto err_after_map;
+        if (!decode_space(&r, m, prev, format)) goto err_after_map;
     }
     if (format >= 2 && !decode_coordinators(&r, m)) goto err_after_map;
     if (format == 1 && m->cluster_id) m->next_coord_id = 1;

@@ -20,10 +20,33 @@
  *      only grow), so data of a dropped space can never be confused with a new
  *      space of the same name.
  *   3. Every partition's replicas are distinct daemons known to the map; the
- *      first replica is the primary; epochs only grow.
- *   4. A partition is PROTECTED iff it has tolerate+1 IN_SYNC replicas,
- *      UNAVAILABLE iff it has no IN_SYNC replica, DEGRADED otherwise.
+ *      first replica is the primary, and it is IN_SYNC whenever any replica is
+ *      (DESIGN I3); epochs only grow, and every command that changes a
+ *      partition's replica list or a replica's state bumps its epoch (I4).
+ *   4. Health counts only IN_SYNC replicas whose daemon is ONLINE ("live
+ *      in-sync"): a partition is UNAVAILABLE iff it has none, PROTECTED iff it
+ *      has at least tolerate+1, DEGRADED otherwise. Health is recomputed by
+ *      every command that changes a replica or a daemon's state.
  *   5. Nothing is created before the map is bootstrapped (cluster_id != 0).
+ *   6. REPLICA_FAILED never removes a partition's last live IN_SYNC replica:
+ *      an IN_SYNC replica leaves the list only while another IN_SYNC replica
+ *      of the partition is on an ONLINE daemon, so every acknowledged write
+ *      stays on some listed IN_SYNC replica (I2), and a partition whose
+ *      in-sync replicas are all down waits for them.
+ *   7. A partition's `departed` daemons (removed by REPLICA_FAILED, candidates
+ *      for a cheap tail replay when they return) are distinct, known to the
+ *      map, not among its replicas, and the list is empty while the partition
+ *      is PROTECTED.
+ *
+ * Replica life cycle (docs/failover.md has the reasons):
+ *
+ *     ADD_SPACE ----------------------------> IN_SYNC
+ *     ADD_REPLICA -> CATCHING_UP --REPLICA_IN_SYNC(epoch)--^
+ *     any replica --REPLICA_FAILED(daemon down)--> removed (kept if it is the
+ *                   partition's last live IN_SYNC replica) and recorded in
+ *                   `departed`; a returning departed daemon comes back only
+ *                   through ADD_REPLICA (the planner, plan.h, does that first)
+ *     IN_SYNC backup --HANDOFF--> primary (the old primary stays a backup)
  */
 #ifndef KEEL_CMAP_H
 #define KEEL_CMAP_H
@@ -35,7 +58,8 @@
 #include "buf.h"
 #include "space.h"
 
-#define CMAP_FORMAT_VERSION 2 /* 2 added coordinators; version 1 maps still decode */
+#define CMAP_FORMAT_VERSION 3 /* 2 added coordinators, 3 departed replicas and health
+                                  that counts daemon states; 1 and 2 still decode */
 #define CMAP_MAX_REPLICAS (SPACE_MAX_TOLERATE + 1)
 #define CMAP_MAX_DAEMONS 1024
 #define CMAP_MAX_SPACES 1024
@@ -61,7 +85,11 @@ enum cmap_cmd_type {
     CMAP_CMD_ADD_DAEMON = 5,
     CMAP_CMD_SET_DAEMON_STATE = 6,
     CMAP_CMD_ADD_COORDINATOR = 7,
-    CMAP_CMD_REMOVE_COORDINATOR = 8
+    CMAP_CMD_REMOVE_COORDINATOR = 8,
+    CMAP_CMD_REPLICA_FAILED = 9,
+    CMAP_CMD_ADD_REPLICA = 10,
+    CMAP_CMD_REPLICA_IN_SYNC = 11,
+    CMAP_CMD_HANDOFF = 12
     /* numbers are never reused; new commands take new numbers */
 };
 
@@ -85,6 +113,10 @@ typedef struct cmap_partition {
     uint32_t nreplicas;
     cmap_replica replicas[CMAP_MAX_REPLICAS]; /* [0] is the primary */
     uint8_t health; /* enum cmap_health */
+    uint32_t ndeparted;
+    uint64_t departed[CMAP_MAX_REPLICAS]; /* daemons REPLICA_FAILED removed since the
+                                             partition was last PROTECTED, oldest first
+                                             (the oldest is dropped when full) */
 } cmap_partition;
 
 typedef struct cmap_space {
@@ -141,6 +173,9 @@ typedef struct cmap_result {
 
 cmap *cmap_new(void);
 void cmap_free(cmap *m);
+/* A deep copy (the planner applies its own commands to one). The caller
+ * frees it with cmap_free. */
+cmap *cmap_clone(const cmap *m);
 
 /* Applies one command. Never crashes on malformed input. */
 int cmap_apply(cmap *m, const void *cmd, size_t len, cmap_result *res);
@@ -158,6 +193,39 @@ void cmap_cmd_set_daemon_state(buf *out, uint64_t daemon_id, int state, uint64_t
 void cmap_cmd_add_coordinator(buf *out, const char *host, uint16_t port, const char *peer_host,
                               uint16_t peer_port);
 void cmap_cmd_remove_coordinator(buf *out, uint64_t id);
+
+/* Replica commands. Spaces are named by id (never reused), partitions by
+ * index. Each bumps the epoch of every partition it changes. Refused (map
+ * unchanged) with a message when it does not apply; the refusals are listed
+ * with each.
+ *
+ * REPLICA_FAILED: the daemon is down (OFFLINE, SHUTDOWN or RETIRED: the
+ * caller decided that its lease has run out, DESIGN I1). In every partition
+ * holding it: a CATCHING_UP replica is removed; an IN_SYNC one is removed if
+ * another IN_SYNC replica of the partition is on an ONLINE daemon, and when
+ * it was the primary the first such replica becomes primary (I3); otherwise
+ * it is kept (the partition waits for it). Removed daemons are recorded in
+ * the partition's `departed` list. Refused: unknown daemon, daemon ONLINE or
+ * SUSPECT, nothing to remove.
+ *
+ * ADD_REPLICA: appends the daemon as CATCHING_UP (counts for no health until
+ * IN_SYNC) and takes it off `departed`. Refused: unknown space, partition or
+ * daemon; daemon not ONLINE; already a replica; CMAP_MAX_REPLICAS reached.
+ *
+ * REPLICA_IN_SYNC: a primary reported that the CATCHING_UP daemon caught up
+ * while the partition was at `epoch`. Refused: unknown space, partition or
+ * daemon; not a replica; already IN_SYNC; daemon not ONLINE; no IN_SYNC
+ * replica in the partition; `epoch` is not the partition's epoch (stale).
+ *
+ * HANDOFF: moves an IN_SYNC backup on an ONLINE daemon to the front (clean
+ * shutdown: the old primary asks, and has stopped serving the partition).
+ * Refused: unknown space, partition or daemon; not a replica; already the
+ * primary; not IN_SYNC; daemon not ONLINE. */
+void cmap_cmd_replica_failed(buf *out, uint64_t daemon_id);
+void cmap_cmd_add_replica(buf *out, uint32_t space_id, uint32_t part, uint64_t daemon_id);
+void cmap_cmd_replica_in_sync(buf *out, uint32_t space_id, uint32_t part, uint64_t daemon_id,
+                              uint64_t epoch);
+void cmap_cmd_handoff(buf *out, uint32_t space_id, uint32_t part, uint64_t new_primary);
 
 /* Lookups (NULL if absent). Pointers are valid until the next cmap_apply. */
 const cmap_space *cmap_space_find(const cmap *m, const char *name, size_t len);
@@ -178,8 +246,11 @@ const char *cmap_daemon_state_name(int state);  /* "ONLINE", ... */
 const char *cmap_replica_state_name(int state); /* "IN_SYNC", "CATCHING_UP" */
 const char *cmap_health_name(int health);       /* "PROTECTED", ... */
 
-/* Whole-map encoding (snapshots, persistence), format version 1.
- * cmap_decode validates everything and returns -1 on malformed input. */
+/* Whole-map encoding (snapshots, persistence), format CMAP_FORMAT_VERSION.
+ * cmap_decode validates everything (every invariant above) and returns -1 on
+ * malformed input; it also reads formats 1 and 2, whose health was stored by
+ * the older rule (IN_SYNC replicas, whatever their daemon's state): that is
+ * checked, then health is recomputed by invariant 4. */
 void cmap_encode(const cmap *m, buf *out);
 int cmap_decode(const void *data, size_t len, cmap **out);
 

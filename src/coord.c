@@ -136,6 +136,8 @@ typedef struct coord {
     uint64_t leader_since_ms;
     uint64_t quorum_since_ms; /* leader: start of the current stretch with a quorum, 0: none */
     uint64_t last_tick_ms;
+    uv_prepare_t prepare;
+    bool ready_due; /* inputs arrived this loop turn: run process_ready in on_prepare */
     peer peers[CMAP_MAX_COORDINATORS];
     size_t npeers;
     proposal *props, *props_tail;
@@ -648,6 +650,17 @@ static void maybe_compact(coord *co)
     buf_free(&b);
 }
 
+/* Raft's Ready (and its synced LMDB commit) runs once per loop turn for
+ * everything that arrived in it, so a burst of requests or messages costs one
+ * fsync, and the loop keeps up with heartbeats under load. */
+static void on_prepare(uv_prepare_t *h)
+{
+    coord *co = h->data;
+    if (!co->ready_due) return;
+    co->ready_due = false;
+    process_ready(co);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     coord *co = t->data;
@@ -958,7 +971,8 @@ static void cstr(char *dst, size_t n, const char *s, size_t len)
 static void cmd_info(coord *co, buf *out)
 {
     raft_status st;
-    raft_status_get(co->r, &st);
+    memset(&st, 0, sizeof st);
+    if (co->r) raft_status_get(co->r, &st);
     uint32_t voters = raft_config_voters(&st.config);
     buf t;
     buf_init(&t);
@@ -971,8 +985,8 @@ static void cmd_info(coord *co, buf *out)
                "\r\nvoters:%u\r\nlearners:%u\r\nvoter:%d\r\n\r\n"
                "# Map\r\nmap_version:%" PRIu64 "\r\nspaces:%u\r\ndaemons:%u\r\ncoordinators:%u\r\n",
                KEEL_VERSION, (int)getpid(), co->o.port, co->o.peer_port, co->cluster_id, co->id,
-               (wall_ms() - co->start_ms) / 1000, raft_role_name(st.role), st.term, st.leader,
-               st.commit, co->applied, st.last_index, st.snapshot_index, voters,
+               (wall_ms() - co->start_ms) / 1000, co->r ? raft_role_name(st.role) : "joining",
+               st.term, st.leader, st.commit, co->applied, st.last_index, st.snapshot_index, voters,
                st.config.n - voters, st.voter ? 1 : 0, co->map->version, co->map->nspaces,
                co->map->ndaemons, co->map->ncoords);
     resp_add_bulk(out, t.data, t.len);
@@ -1346,7 +1360,7 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
         linearizable_read(co, c, argc, argv, argvlen);
     else
         cmd_write(co, c, argc, argv, argvlen);
-    process_ready(co);
+    co->ready_due = true; /* once per loop turn (on_prepare), not once per request */
 }
 
 /* ---- the peer port --------------------------------------------------------------------- */
@@ -1363,7 +1377,7 @@ static void peer_dispatch(void *arg, net_conn *c, int argc, char **argv, size_t 
         if (co->r && m.to == co->id && !blocked(co, m.from)) {
             int rc = raft_step(co->r, &m);
             if (rc && rc != RAFT_EPROTO) log_debug("raft_step: %s", raft_strerror(rc));
-            process_ready(co);
+            co->ready_due = true;
         }
         raft_msg_free(&m);
         return;
@@ -1619,6 +1633,9 @@ static int coord_run(coord_opts *o, int ready_fd)
     }
     if (rstore_open(&co->rs, o->dir, err, sizeof err)) goto err_out;
     if (establish_identity(co, err, sizeof err)) goto err_out;
+    uv_prepare_init(&co->loop, &co->prepare);
+    co->prepare.data = co;
+    uv_prepare_start(&co->prepare, on_prepare);
     uv_timer_init(&co->loop, &co->tick);
     co->tick.data = co;
     uv_timer_start(&co->tick, on_tick, o->tick_ms, o->tick_ms);

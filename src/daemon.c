@@ -1418,7 +1418,8 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
 {
     dstate *d = arg;
     bool fwd = is(argv[0], argvlen[0], "FWD") && argc > 1;
-    if (kv_kind_of(argv[0], argvlen[0]) || (fwd && kv_kind_of(argv[1], argvlen[1]))) {
+    if (dpart_is_data_command(argv[0], argvlen[0]) ||
+        (fwd && dpart_is_data_command(argv[1], argvlen[1]))) {
         if (d->dp) dpart_dispatch(d->dp, c, argc, argv, argvlen);
         else resp_add_error(net_reply_now(c), "TRYAGAIN this daemon has not registered yet");
         return;

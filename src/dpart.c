@@ -91,6 +91,30 @@ struct dp_part {
     dp_part *next;      /* all parts */
 };
 
+/* A SEARCH or COUNT across the cluster: one request per partition to its
+ * primary, merged into one reply. */
+typedef struct gather {
+    struct gather *next; /* waiting list (until the client's earlier replies are done) */
+    dpart *dp;
+    net_reply *reply;
+    int kind;       /* KV_SEARCH or KV_COUNT */
+    uint64_t limit; /* SEARCH */
+    int argc;       /* the request, copied: KIND space args... */
+    char **argv;
+    size_t *argvlen;
+    uint32_t space;
+    unsigned pending; /* partitions not answered yet */
+    bool started;
+    buf err;        /* the first error, if any */
+    buf body;       /* SEARCH: merged objects */
+    uint64_t found; /* SEARCH: objects in body; COUNT: the sum */
+} gather;
+
+typedef struct gather_part {
+    gather *g;
+    uint32_t part;
+} gather_part;
+
 typedef struct dp_peer {
     uint64_t id;
     rclient *repl; /* to its peer port */
@@ -111,10 +135,12 @@ struct dpart {
     dp_part *parts;
     dp_peer peers[CMAP_MAX_DAEMONS];
     size_t npeers;
+    gather *waiting; /* searches waiting for their turn on their connection */
     bool stopping;
 };
 
 static void part_pump(dpart *dp, dp_part *p);
+static void gather_poll(dpart *dp);
 
 /* ---- helpers -------------------------------------------------------------------- */
 
@@ -313,6 +339,7 @@ static void on_ready_done(void *arg, commit_item *list)
         p->busy = false;
         part_pump(dp, p);
     }
+    gather_poll(dp);
 }
 
 /* ---- driving a part --------------------------------------------------------------- */
@@ -590,7 +617,7 @@ void dpart_map(dpart *dp, const cmap *m)
 
 bool dpart_is_data_command(const char *name, size_t len)
 {
-    return kv_kind_of(name, len) != 0;
+    return kv_kind_of(name, len) != 0 || is(name, len, "SEARCH.PART");
 }
 
 typedef struct fwd_ctx {
@@ -663,8 +690,273 @@ static void forward(dpart *dp, net_conn *c, uint64_t primary, int argc, char **a
     free(al);
 }
 
+/* ---- searches across the cluster ------------------------------------------------------ */
+
+static void gather_add(gather *g, const resp_reply *r)
+{
+    if (g->err.len) return;
+    if (r->type == RESP_R_ERROR) {
+        resp_add_error(&g->err, r->str);
+        return;
+    }
+    if (g->kind == KV_COUNT) {
+        if (r->type == RESP_R_INT)
+            g->found += (uint64_t)r->integer;
+        else
+            resp_add_error(&g->err, "ERR malformed COUNT reply from a daemon");
+        return;
+    }
+    if (r->type != RESP_R_ARRAY) {
+        resp_add_error(&g->err, "ERR malformed SEARCH reply from a daemon");
+        return;
+    }
+    for (size_t i = 0; i < r->elements && g->found < g->limit; i++) {
+        reply_encode(&g->body, r->element[i]);
+        g->found++;
+    }
+}
+
+static void gather_free(gather *g)
+{
+    buf_free(&g->err);
+    buf_free(&g->body);
+    free(g->argv);
+    free(g);
+}
+
+static void gather_finish(gather *g)
+{
+    buf *out = net_reply_buf(g->reply);
+    if (g->err.len) {
+        buf_append(out, g->err.data, g->err.len);
+    } else if (g->kind == KV_COUNT) {
+        resp_add_int(out, (long long)g->found);
+    } else {
+        resp_add_array(out, (long long)g->found);
+        buf_append(out, g->body.data, g->body.len);
+    }
+    net_reply_done(g->reply);
+    gather_free(g);
+}
+
+static void gather_part_done(gather *g)
+{
+    if (--g->pending == 0) gather_finish(g);
+}
+
+static void on_part_reply(void *arg, const resp_reply *r, int status)
+{
+    gather_part *gp = arg;
+    gather *g = gp->g;
+    if (status < 0 || !r) {
+        if (!g->err.len)
+            resp_add_errorf(&g->err, "TRYAGAIN partition %u's primary is unreachable from here",
+                            gp->part);
+    } else {
+        gather_add(g, r);
+    }
+    free(gp);
+    gather_part_done(g);
+}
+
+/* Runs one partition's share of a search here (this daemon is its primary):
+ * argv is KIND space args... */
+static void search_local(dpart *dp, const cmap_space *cs, uint32_t part, int argc, char **argv,
+                         size_t *argvlen, buf *out)
+{
+    dp_part *p = part_find(dp, cs->id, part);
+    if (!dp->o.lease_ok(dp->o.lease_arg)) {
+        resp_add_error(out, "NOQUORUM this daemon cannot reach the coordinator majority; it "
+                            "serves nothing");
+        return;
+    }
+    if (!p || !repl_readable(p->r)) {
+        resp_add_errorf(out, "TRYAGAIN partition %u is not serving yet", part);
+        return;
+    }
+    kv_op *op;
+    buf err;
+    buf_init(&err);
+    if (kv_parse(cs, p->sp, argc, argv, argvlen, dp->o.max_key, &op, &err)) {
+        buf_append(out, err.data, err.len);
+        buf_free(&err);
+        return;
+    }
+    buf_free(&err);
+    op->one_part = true;
+    op->only_part = part;
+    serve_read(dp, p, op, out);
+    kv_op_free(op);
+}
+
+/* Sends each partition's share to its primary (or runs it here). */
+static void gather_start(gather *g)
+{
+    dpart *dp = g->dp;
+    g->started = true;
+    const cmap_space *cs = cmap_space_by_id(dp->map, g->space);
+    if (!cs) {
+        resp_add_error(&g->err, "NOSPACE the space was dropped");
+        gather_finish(g);
+        return;
+    }
+    g->pending = 1; /* held until every partition is sent */
+    for (uint32_t part = 0; part < cs->schema->partitions && !g->err.len; part++) {
+        const cmap_partition *pt = &cs->parts[part];
+        uint64_t primary = pt->nreplicas ? pt->replicas[0].daemon : 0;
+        if (pt->health == CMAP_H_UNAVAILABLE || !primary) {
+            resp_add_errorf(&g->err, "UNAVAILABLE partition %u of %s has no live replica", part,
+                            cs->schema->name);
+            break;
+        }
+        if (primary == dp->o.self) {
+            buf out;
+            buf_init(&out);
+            search_local(dp, cs, part, g->argc, g->argv, g->argvlen, &out);
+            resp_reply *r;
+            size_t used;
+            if (resp_reply_parse(out.data, out.len, &used, &r) == RESP_OK) {
+                gather_add(g, r);
+                resp_reply_free(r);
+            }
+            buf_free(&out);
+            continue;
+        }
+        dp_peer *pe = peer_get(dp, primary);
+        if (!pe) {
+            resp_add_errorf(&g->err, "TRYAGAIN partition %u's primary is unknown here", part);
+            break;
+        }
+        char pbuf[16];
+        snprintf(pbuf, sizeof pbuf, "%u", part);
+        const char **av = malloc(sizeof(char *) * (size_t)(g->argc + 2));
+        size_t *al = malloc(sizeof(size_t) * (size_t)(g->argc + 2));
+        if (!av || !al) abort();
+        av[0] = "SEARCH.PART";
+        al[0] = 11;
+        av[1] = pbuf;
+        al[1] = strlen(pbuf);
+        for (int i = 0; i < g->argc; i++) {
+            av[i + 2] = g->argv[i];
+            al[i + 2] = g->argvlen[i];
+        }
+        gather_part *gp = calloc(1, sizeof *gp);
+        if (!gp) abort();
+        gp->g = g;
+        gp->part = part;
+        g->pending++;
+        rclient_send(pe->fwd, g->argc + 2, av, al, on_part_reply, gp);
+        free(av);
+        free(al);
+    }
+    gather_part_done(g);
+}
+
+/* Starts the searches whose turn has come: every earlier reply of their
+ * connection is done, so they see the client's own earlier writes. */
+static void gather_poll(dpart *dp)
+{
+    gather **pp = &dp->waiting;
+    while (*pp) {
+        gather *g = *pp;
+        if (net_reply_is_next(g->reply)) {
+            *pp = g->next;
+            gather_start(g);
+        } else {
+            pp = &g->next;
+        }
+    }
+}
+
+static void search_cluster(dpart *dp, net_conn *c, const cmap_space *cs, int argc, char **argv,
+                           size_t *argvlen)
+{
+    /* validate here so a bad request fails once, not once per partition */
+    kv_space *sp = kv_space_new(cs->id, cs->schema);
+    kv_op *op;
+    buf err;
+    buf_init(&err);
+    int rc = kv_parse(cs, sp, argc, argv, argvlen, dp->o.max_key, &op, &err);
+    kv_space_unref(sp);
+    if (rc) {
+        buf_append(net_reply_now(c), err.data, err.len);
+        buf_free(&err);
+        return;
+    }
+    buf_free(&err);
+    gather *g = calloc(1, sizeof *g);
+    if (!g) abort();
+    g->dp = dp;
+    g->kind = op->kind;
+    g->limit = op->limit;
+    g->space = cs->id;
+    kv_op_free(op);
+    buf_init(&g->err);
+    buf_init(&g->body);
+    size_t bytes = 0;
+    for (int i = 0; i < argc; i++)
+        bytes += argvlen[i];
+    char *mem = malloc((sizeof(char *) + sizeof(size_t)) * (size_t)argc + bytes + 1);
+    if (!mem) abort();
+    g->argv = (char **)mem;
+    g->argvlen = (size_t *)(mem + sizeof(char *) * (size_t)argc);
+    char *q = mem + (sizeof(char *) + sizeof(size_t)) * (size_t)argc;
+    for (int i = 0; i < argc; i++) {
+        memcpy(q, argv[i], argvlen[i]);
+        g->argv[i] = q;
+        g->argvlen[i] = argvlen[i];
+        q += argvlen[i];
+    }
+    g->argc = argc;
+    g->reply = net_reply_defer(c);
+    g->next = dp->waiting;
+    dp->waiting = g;
+    gather_poll(dp);
+}
+
+/* SEARCH.PART part KIND space args... — one partition's share, on its primary. */
+static void search_part(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen)
+{
+    buf *out = net_reply_now(c);
+    char num[16];
+    uint32_t part = 0;
+    if (argc < 4 || argvlen[1] == 0 || argvlen[1] >= sizeof num) {
+        resp_add_error(out, "ERR usage: SEARCH.PART part SEARCH|COUNT space [predicates]");
+        return;
+    }
+    memcpy(num, argv[1], argvlen[1]);
+    num[argvlen[1]] = 0;
+    char *end;
+    unsigned long v = strtoul(num, &end, 10);
+    int kind = kv_kind_of(argv[2], argvlen[2]);
+    const cmap_space *cs = cmap_space_find(dp->map, argv[3], argvlen[3]);
+    if (*end || (kind != KV_SEARCH && kind != KV_COUNT)) {
+        resp_add_error(out, "ERR usage: SEARCH.PART part SEARCH|COUNT space [predicates]");
+        return;
+    }
+    if (!cs) {
+        kv_reply_nospace(out, argv[3], argvlen[3]);
+        return;
+    }
+    if (v >= cs->schema->partitions) {
+        resp_add_errorf(out, "ERR space %s has no partition %lu", cs->schema->name, v);
+        return;
+    }
+    part = (uint32_t)v;
+    const cmap_partition *pt = &cs->parts[part];
+    if (!pt->nreplicas || pt->replicas[0].daemon != dp->o.self) {
+        resp_add_errorf(out, "TRYAGAIN this daemon is not partition %u's primary", part);
+        return;
+    }
+    search_local(dp, cs, part, argc - 2, argv + 2, argvlen + 2, out);
+}
+
 void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
+    if (is(argv[0], argvlen[0], "SEARCH.PART")) {
+        search_part(dp, c, argc, argv, argvlen);
+        return;
+    }
     bool forwarded = false;
     if (is(argv[0], argvlen[0], "FWD") && argc > 1) {
         forwarded = true;
@@ -682,9 +974,7 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
     }
     int kind = kv_kind_of(argv[0], argvlen[0]);
     if (kind == KV_SEARCH || kind == KV_COUNT) {
-        /* spans partitions held by several daemons: not served by daemons yet */
-        resp_add_error(net_reply_now(c),
-                       "ERR SEARCH and COUNT across daemons are not built yet; use GET");
+        search_cluster(dp, c, cs, argc, argv, argvlen);
         return;
     }
     if (argc < 3) {
@@ -796,6 +1086,7 @@ static void peer_dispatch(void *arg, net_conn *c, int argc, char **argv, size_t 
 static void on_tick(uv_timer_t *t)
 {
     dpart *dp = t->data;
+    gather_poll(dp);
     for (dp_part *p = dp->parts; p; p = p->next) {
         if (p->retry && p->busy) {
             p->retry = false;
@@ -877,6 +1168,13 @@ void dpart_stop(dpart *dp)
     for (size_t i = 0; i < dp->npeers; i++) {
         rclient_close(dp->peers[i].repl);
         rclient_close(dp->peers[i].fwd);
+    }
+    while (dp->waiting) {
+        gather *g = dp->waiting;
+        dp->waiting = g->next;
+        resp_add_error(net_reply_buf(g->reply), "TRYAGAIN the daemon is shutting down");
+        net_reply_done(g->reply);
+        gather_free(g);
     }
     while (dp->parts) {
         dp_part *p = dp->parts;

@@ -501,7 +501,12 @@ static int exec_search(store_txn *t, const kv_op *op, buf *reply)
     struct search_ctx x = {.t = t, .op = op, .vals = vals, .body = &body};
     const kv_pred *p = plan(op);
     int rc = 0;
-    if (p && p->attr < 0) {
+    if (op->one_part) {
+        /* One partition of a search across daemons; a key equality elsewhere
+         * cannot match here. */
+        x.part = op->only_part;
+        if (!(p && p->attr < 0 && op->part != op->only_part)) rc = search_partition(&x, p);
+    } else if (p && p->attr < 0) {
         /* A key equality: only the key's partition can hold a match. */
         x.part = op->part;
         rc = search_partition(&x, p);

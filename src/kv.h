@@ -86,6 +86,9 @@ typedef struct kv_op {
     uint32_t npreds;
     kv_pred *preds; /* SEARCH, COUNT */
     uint64_t limit; /* SEARCH; UINT64_MAX = none */
+    bool one_part;     /* SEARCH, COUNT: search only partition only_part (a daemon's
+                          share of a search across the cluster) */
+    uint32_t only_part;
     char *mem;      /* owned copies after kv_op_detach */
 } kv_op;
 

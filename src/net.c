@@ -178,6 +178,13 @@ bool net_conn_busy(const net_conn *c)
     return c->outstanding > 0;
 }
 
+bool net_reply_is_next(const net_reply *r)
+{
+    /* done slots are drained from the head at once, so the head is the
+     * oldest reply not yet done */
+    return r->c->head == r;
+}
+
 void net_conn_close_after_replies(net_conn *c)
 {
     if (c->tail)

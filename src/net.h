@@ -80,6 +80,9 @@ buf *net_reply_buf(net_reply *r);
 void net_reply_done(net_reply *r);
 /* True if c has deferred replies not yet done. */
 bool net_conn_busy(const net_conn *c);
+/* True when every reply requested before r on its connection has been
+ * done: r is the oldest reply its client still waits for. */
+bool net_reply_is_next(const net_reply *r);
 /* Closes c once every reply before this call has been sent. */
 void net_conn_close_after_replies(net_conn *c);
 /* Per-connection user data. */

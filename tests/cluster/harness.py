@@ -715,8 +715,9 @@ class Cluster:
     """A set of coordinators and daemons under base_dir. Use as a context
     manager (or call teardown()) so every process is killed."""
 
-    def __init__(self, base_dir, tick_ms=20, test_faults=False):
+    def __init__(self, base_dir, tick_ms=20, test_faults=False, coord_args=()):
         self.base_dir = str(base_dir)
+        self.coord_args = list(coord_args)  # extra arguments for every coordinator
         os.makedirs(self.base_dir, exist_ok=True)
         self.tick_ms = tick_ms
         self.test_faults = test_faults
@@ -743,6 +744,7 @@ class Cluster:
         name = name or "c%d" % (len(self.coordinators) + 1)
         kw.setdefault("tick_ms", self.tick_ms)
         kw.setdefault("test_faults", self.test_faults)
+        kw.setdefault("extra_args", self.coord_args)
         c = Coordinator(self, name, join=join, **kw)
         self.coordinators.append(c)
         if start:
@@ -921,6 +923,14 @@ class Cluster:
                 out.append("==== %s (%s %s) %s\n%s" % (n.name, n.kind, n.addr, p,
                                                      n.log_tail(lines, i)))
         return "\n".join(out)
+
+
+def run_cli(*args, timeout=30):
+    """Runs `keel ARGS...`; returns (exit status, stdout, stderr) as text."""
+    p = subprocess.run([KEEL_BIN] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=timeout)
+    return (p.returncode, p.stdout.decode("utf-8", "replace"),
+            p.stderr.decode("utf-8", "replace"))
 
 
 def space_text(name, partitions=1, tolerate=0):
