@@ -49,6 +49,7 @@
 #include "cmap.h"
 #include "log.h"
 #include "net.h"
+#include "plan.h"
 #include "proc.h"
 #include "raft.h"
 #include "rclient.h"
@@ -114,8 +115,7 @@ typedef struct join_done {
 
 typedef struct hb_entry {
     uint64_t daemon;
-    uint64_t last_ms;   /* monotonic, this leader's clock */
-    bool fail_proposed; /* OFFLINE proposed, waiting for it to apply */
+    uint64_t last_ms; /* monotonic, this leader's clock */
 } hb_entry;
 
 typedef struct coord {
@@ -148,6 +148,11 @@ typedef struct coord {
     uint64_t fwd_to;
     hb_entry hb[CMAP_MAX_DAEMONS];
     size_t nhb;
+    plan_caught_up reports[64]; /* DAEMON.CAUGHT_UP since the last planning round */
+    size_t nreports;
+    plan_out plan;
+    plan_progress progress; /* of the last round, for CLUSTER.STATUS */
+    bool fully_protected;
     uint64_t blocked[RAFT_MAX_NODES];
     size_t nblocked;
     bool internal_pending; /* bootstrap proposals in flight */
@@ -448,13 +453,61 @@ static void log_applied(coord *co, const uint8_t *cmd, size_t len, const cmap_re
     }
 }
 
+/* Every partition's health, in map order (the caller frees); *count is how
+ * many. */
+static uint8_t *health_snapshot(const cmap *m, size_t *count)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < m->nspaces; i++)
+        n += m->spaces[i].schema->partitions;
+    uint8_t *h = malloc(n ? n : 1);
+    if (!h) abort();
+    size_t k = 0;
+    for (uint32_t i = 0; i < m->nspaces; i++)
+        for (uint32_t p = 0; p < m->spaces[i].schema->partitions; p++)
+            h[k++] = m->spaces[i].parts[p].health;
+    *count = n;
+    return h;
+}
+
+/* Logs partition_degraded / partition_unavailable (ERROR) and
+ * partition_protected (NOTICE) for every partition whose health changed. Only
+ * the leader logs, so each transition is logged once. */
+static void log_health_changes(coord *co, const uint8_t *before, size_t nbefore)
+{
+    if (co->role != RAFT_LEADER) return;
+    size_t k = 0, nnow = 0;
+    const cmap *m = co->map;
+    for (uint32_t i = 0; i < m->nspaces; i++)
+        nnow += m->spaces[i].schema->partitions;
+    if (nnow != nbefore) return; /* a space was added or dropped: no transitions */
+    for (uint32_t i = 0; i < m->nspaces; i++) {
+        const cmap_space *sp = &m->spaces[i];
+        for (uint32_t p = 0; p < sp->schema->partitions; p++, k++) {
+            uint8_t now = sp->parts[p].health;
+            if (before[k] == now) continue;
+            if (now == CMAP_H_PROTECTED)
+                log_notice("event=partition_protected space=%s partition=%u epoch=%" PRIu64,
+                           sp->schema->name, p, sp->parts[p].epoch);
+            else
+                log_error("event=partition_%s space=%s partition=%u epoch=%" PRIu64,
+                          now == CMAP_H_DEGRADED ? "degraded" : "unavailable", sp->schema->name, p,
+                          sp->parts[p].epoch);
+        }
+    }
+}
+
 static void apply_entry(coord *co, const raft_entry *e)
 {
     cmap_result res;
     memset(&res, 0, sizeof res);
     if (e->type == RAFT_ENTRY_NORMAL) {
+        size_t nbefore;
+        uint8_t *before = health_snapshot(co->map, &nbefore);
         cmap_apply(co->map, e->data, e->len, &res);
         log_applied(co, e->data, e->len, &res);
+        log_health_changes(co, before, nbefore);
+        free(before);
         if (e->len >= 2 && (e->data[1] == CMAP_CMD_ADD_COORDINATOR ||
                             e->data[1] == CMAP_CMD_REMOVE_COORDINATOR || e->data[1] == 1))
             peers_sync(co);
@@ -591,7 +644,6 @@ static hb_entry *hb_find(coord *co, uint64_t daemon, bool create)
     hb_entry *h = &co->hb[co->nhb++];
     h->daemon = daemon;
     h->last_ms = mono_ms();
-    h->fail_proposed = false;
     return h;
 }
 
@@ -611,6 +663,12 @@ static void leader_duties(coord *co)
             co->internal_pending = true;
         }
     }
+    if (co->map->cluster_id == 0 || co->props) {
+        /* plan only on a settled map: the planner's commands are valid in
+         * order against the map as it is, not against proposals in flight */
+        buf_free(&cmd);
+        return;
+    }
     /* failure detection (invariant 4). Heartbeats could reach this leader
      * only while it had a quorum (it answers NOQUORUM otherwise) and while
      * its loop ran, so silence is counted from the start of the current
@@ -623,19 +681,44 @@ static void leader_duties(coord *co)
         co->quorum_since_ms = now;
     uint64_t base =
         co->leader_since_ms > co->quorum_since_ms ? co->leader_since_ms : co->quorum_since_ms;
-    if (co->map->cluster_id && co->quorum_since_ms && now - base >= pt) {
+    uint64_t failed[CMAP_MAX_DAEMONS];
+    size_t nfailed = 0;
+    if (co->quorum_since_ms && now - base >= pt) {
         for (uint32_t i = 0; i < co->map->ndaemons; i++) {
             const cmap_daemon *d = &co->map->daemons[i];
             if (d->state != CMAP_D_ONLINE) continue;
             hb_entry *h = hb_find(co, d->id, true);
-            if (!h || h->fail_proposed) continue;
+            if (!h) continue;
             uint64_t since = h->last_ms > base ? h->last_ms : base;
-            if (now - since < pt + pt / 10) continue;
-            buf_reset(&cmd);
-            cmap_cmd_set_daemon_state(&cmd, d->id, CMAP_D_OFFLINE, wall_ms());
-            if (propose(co, &cmd, P_INTERNAL, NULL, NULL)) h->fail_proposed = true;
+            if (now - since >= pt + pt / 10) failed[nfailed++] = d->id;
         }
     }
+    if (!co->quorum_since_ms) {
+        buf_free(&cmd);
+        return; /* a leader without a quorum decides nothing */
+    }
+    /* the planner turns failures, caught-up reports and the map into the
+     * next commands (plan.h); they are proposed in order */
+    plan_input in = {.now_ms = wall_ms(),
+                     .reprotect_delay_s = co->map->settings.reprotect_delay_s,
+                     .failed = failed,
+                     .nfailed = nfailed,
+                     .caught_up = co->reports,
+                     .ncaught_up = co->nreports,
+                     .was_fully_protected = co->fully_protected};
+    plan_decide(co->map, &in, &co->plan);
+    co->nreports = 0;
+    for (size_t i = 0; i < co->plan.ncmds; i++) {
+        const plan_cmd *pc = &co->plan.cmds[i];
+        buf_reset(&cmd);
+        buf_append(&cmd, co->plan.bytes.data + pc->off, pc->len);
+        if (!propose(co, &cmd, P_INTERNAL, NULL, NULL)) break;
+    }
+    if (co->plan.restored)
+        log_notice("event=full_protection_restored every partition has tolerate+1 in-sync "
+                   "replicas again");
+    co->fully_protected = co->plan.fully_protected;
+    co->progress = co->plan.progress;
     buf_free(&cmd);
 }
 
@@ -824,8 +907,14 @@ static void json_status(coord *co, buf *o)
                    sp->schema->tolerate, h[CMAP_H_PROTECTED], h[CMAP_H_DEGRADED],
                    h[CMAP_H_UNAVAILABLE]);
     }
+    const plan_progress *pg = &co->progress;
     buf_printf(o,
-               "],\"settings\":{\"heartbeat_ms\":%u,\"ping_timeout_ms\":%u,"
+               "],\"protection\":{\"fully_protected\":%s,\"degraded\":%u,"
+               "\"unavailable\":%u,\"copying\":%u,\"waiting\":%u,\"unplaceable\":%u}",
+               co->fully_protected ? "true" : "false", pg->degraded, pg->unavailable, pg->copying,
+               pg->waiting, pg->unplaceable);
+    buf_printf(o,
+               ",\"settings\":{\"heartbeat_ms\":%u,\"ping_timeout_ms\":%u,"
                "\"reprotect_delay_s\":%u,\"log_retention\":%" PRIu64 "}}",
                m->settings.heartbeat_ms, m->settings.ping_timeout_ms, m->settings.reprotect_delay_s,
                m->settings.log_retention);
@@ -937,6 +1026,7 @@ static const struct {
     {"DAEMON.REGISTER", 4, 6, K_WRITE},
     {"DAEMON.SHUTDOWN", 2, 2, K_WRITE},
     {"DAEMON.HEARTBEAT", 2, 2, K_LEADER},
+    {"DAEMON.CAUGHT_UP", 6, 6, K_WRITE},
 };
 
 static bool parse_u64(const char *s, size_t len, uint64_t *out)
@@ -1135,7 +1225,6 @@ static void cmd_register(coord *co, net_conn *c, int argc, char **argv, size_t *
             hb_entry *nh = hb_find(co, id, true);
             if (nh) {
                 nh->last_ms = mono_ms();
-                nh->fail_proposed = false;
             }
             net_reply *r = net_reply_defer(c);
             buf err;
@@ -1270,6 +1359,25 @@ static void cmd_write(coord *co, net_conn *c, int argc, char **argv, size_t *arg
         cmd_remove(co, c, argv, argvlen);
     } else if (is(argv[0], argvlen[0], "DAEMON.REGISTER")) {
         cmd_register(co, c, argc, argv, argvlen);
+    } else if (is(argv[0], argvlen[0], "DAEMON.CAUGHT_UP")) {
+        /* DAEMON.CAUGHT_UP from space part daemon epoch: a primary's report
+         * for the next planning round (REPLICA_IN_SYNC if still valid) */
+        uint64_t v[5];
+        bool ok = true;
+        for (int i = 0; i < 5; i++)
+            ok = ok && parse_u64(argv[i + 1], argvlen[i + 1], &v[i]);
+        if (!ok || v[1] > UINT32_MAX || v[2] > UINT32_MAX) {
+            resp_add_error(net_reply_now(c),
+                           "ERR usage: DAEMON.CAUGHT_UP from space part daemon epoch");
+        } else {
+            if (co->nreports < sizeof co->reports / sizeof co->reports[0])
+                co->reports[co->nreports++] = (plan_caught_up){.from = v[0],
+                                                               .space = (uint32_t)v[1],
+                                                               .part = (uint32_t)v[2],
+                                                               .daemon = v[3],
+                                                               .epoch = v[4]};
+            resp_add_simple(net_reply_now(c), "OK");
+        }
     } else if (is(argv[0], argvlen[0], "DAEMON.SHUTDOWN")) {
         uint64_t id;
         if (!parse_u64(argv[1], argvlen[1], &id)) {
@@ -1601,6 +1709,8 @@ static int coord_run(coord_opts *o, int ready_fd)
     co->lock_fd = -1;
     co->start_ms = wall_ms();
     co->map = cmap_new();
+    plan_out_init(&co->plan);
+    co->fully_protected = true;
     char err[512] = "";
     int status = 1;
     signal(SIGPIPE, SIG_IGN);
@@ -1675,6 +1785,7 @@ err_out:
     if (co->r) raft_free(co->r);
     rstore_close(co->rs);
     cmap_free(co->map);
+    plan_out_free(&co->plan);
     if (co->lock_fd >= 0) close(co->lock_fd);
     free(co);
     return status;

@@ -66,7 +66,6 @@
 #include "rclient.h"
 #include "version.h"
 
-
 #define REGISTER_TIMEOUT_MS 2000u /* per attempt, before the settings are known */
 #define BACKOFF_MIN_MS 100u       /* first retry after a failed registration */
 #define BACKOFF_MAX_MS 2000u
@@ -676,7 +675,7 @@ int daemon_map_accept(const cmap *cur, uint64_t cluster_id, const void *data, si
 
 enum phase { PH_REGISTERING = 1, PH_RUNNING, PH_REJOINING, PH_STOPPING, PH_DONE };
 
-enum rq_kind { RQ_REGISTER = 1, RQ_HEARTBEAT, RQ_MAP, RQ_SHUTDOWN };
+enum rq_kind { RQ_REGISTER = 1, RQ_HEARTBEAT, RQ_MAP, RQ_SHUTDOWN, RQ_REPORT };
 
 typedef struct dstate dstate;
 
@@ -1020,6 +1019,15 @@ static void on_register(dstate *d, rq *q, const resp_reply *r, int status)
 
 /* ---- the data plane ------------------------------------------------------------------ */
 
+/* dpart's reports to the coordinator (DAEMON.CAUGHT_UP ...), sent to the
+ * coordinator believed to be leader. */
+static void report(void *arg, int argc, const char *const *argv)
+{
+    dstate *d = arg;
+    if (d->phase != PH_RUNNING || d->coords.n == 0) return;
+    coord_send(d, RQ_REPORT, d->coords.cur, argc, argv);
+}
+
 static bool lease_ok(void *arg)
 {
     dstate *d = arg;
@@ -1037,7 +1045,9 @@ static void start_data_plane(dstate *d)
                     .max_key = 256,
                     .self = d->id.daemon_id,
                     .lease_ok = lease_ok,
-                    .lease_arg = d};
+                    .lease_arg = d,
+                    .report = report,
+                    .report_arg = d};
     char err[400];
     if (dpart_start(&d->dp, &d->loop, &o, err, sizeof err)) {
         log_error("event=storage_error cannot start the data plane: %s", err);
@@ -1354,6 +1364,11 @@ static void on_coord_reply(void *arg, const resp_reply *reply, int status)
         case RQ_SHUTDOWN:
             on_shutdown(d, q, reply, status);
             break;
+        case RQ_REPORT: /* a lost report is repeated by repl (CAUGHT_UP) */
+            if (status < 0 || !reply || reply->type == RESP_R_ERROR)
+                log_info("a report to coordinator %s failed: %s", coord_name(d, q->coord),
+                         status_text(reply, status));
+            break;
         }
     }
     free(q);
@@ -1420,8 +1435,10 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
     bool fwd = is(argv[0], argvlen[0], "FWD") && argc > 1;
     if (dpart_is_data_command(argv[0], argvlen[0]) ||
         (fwd && dpart_is_data_command(argv[1], argvlen[1]))) {
-        if (d->dp) dpart_dispatch(d->dp, c, argc, argv, argvlen);
-        else resp_add_error(net_reply_now(c), "TRYAGAIN this daemon has not registered yet");
+        if (d->dp)
+            dpart_dispatch(d->dp, c, argc, argv, argvlen);
+        else
+            resp_add_error(net_reply_now(c), "TRYAGAIN this daemon has not registered yet");
         return;
     }
     buf *out = net_reply_now(c);

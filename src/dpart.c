@@ -296,13 +296,22 @@ static void handle_events(dpart *dp, dp_part *p, const repl_ready *rd)
             log_warn("partition %u/%u: daemon %" PRIu64 " needs a full copy (not implemented yet)",
                      p->space, p->part, e->peer);
             break;
-        case REPL_EV_CAUGHT_UP:
-            log_notice("event=replica_caught_up space=%u partition=%u daemon=%" PRIu64, p->space,
-                       p->part, e->peer);
+        case REPL_EV_CAUGHT_UP: {
+            log_notice("event=replica_caught_up space=%u partition=%u daemon=%" PRIu64
+                       " epoch=%" PRIu64,
+                       p->space, p->part, e->peer, e->epoch);
+            char a[5][24];
+            snprintf(a[0], sizeof a[0], "%" PRIu64, dp->o.self);
+            snprintf(a[1], sizeof a[1], "%u", p->space);
+            snprintf(a[2], sizeof a[2], "%u", p->part);
+            snprintf(a[3], sizeof a[3], "%" PRIu64, e->peer);
+            snprintf(a[4], sizeof a[4], "%" PRIu64, e->epoch);
+            const char *argv[6] = {"DAEMON.CAUGHT_UP", a[0], a[1], a[2], a[3], a[4]};
+            if (dp->o.report) dp->o.report(dp->o.report_arg, 6, argv);
             break;
         }
+        }
     }
-    (void)dp;
 }
 
 static void on_ready_done(void *arg, commit_item *list)

@@ -27,6 +27,10 @@ typedef struct dpart_opts {
     uint64_t self;               /* daemon id */
     bool (*lease_ok)(void *arg); /* is the daemon's lease valid now (DESIGN I1) */
     void *lease_arg;
+    /* sends a command to the coordinator leader, best effort (a report repl
+     * repeats, like DAEMON.CAUGHT_UP) */
+    void (*report)(void *arg, int argc, const char *const *argv);
+    void *report_arg;
 } dpart_opts;
 
 /* Opens the store and listens on the peer port. -1 with a message on error. */

@@ -154,17 +154,36 @@ static void check_invariants(const cmap *m)
         for (uint32_t p = 0; p < sp->schema->partitions; p++) {
             const cmap_partition *pt = &sp->parts[p];
             assert_true(pt->epoch >= 1);
-            uint32_t in_sync = 0;
+            uint32_t in_sync = 0, live = 0;
             for (uint32_t j = 0; j < pt->nreplicas; j++) {
-                assert_non_null(cmap_daemon_find(m, pt->replicas[j].daemon));
+                const cmap_daemon *d = cmap_daemon_find(m, pt->replicas[j].daemon);
+                assert_non_null(d);
                 for (uint32_t q = 0; q < j; q++)
                     assert_true(pt->replicas[q].daemon != pt->replicas[j].daemon);
-                if (pt->replicas[j].state == CMAP_R_IN_SYNC) in_sync++;
+                if (pt->replicas[j].state == CMAP_R_IN_SYNC) {
+                    in_sync++;
+                    live += d->state == CMAP_D_ONLINE;
+                }
             }
-            int want = in_sync == 0                          ? CMAP_H_UNAVAILABLE
-                       : in_sync >= sp->schema->tolerate + 1 ? CMAP_H_PROTECTED
-                                                             : CMAP_H_DEGRADED;
+            /* the primary is in sync whenever any replica is */
+            if (in_sync) assert_int_equal(pt->replicas[0].state, CMAP_R_IN_SYNC);
+            /* health counts in-sync replicas on ONLINE daemons */
+            int want = live == 0                          ? CMAP_H_UNAVAILABLE
+                       : live >= sp->schema->tolerate + 1 ? CMAP_H_PROTECTED
+                                                          : CMAP_H_DEGRADED;
             assert_int_equal(pt->health, want);
+            /* departed: distinct known non-replicas, none while protected */
+            assert_true(pt->ndeparted <= CMAP_MAX_REPLICAS);
+            if (want == CMAP_H_PROTECTED) assert_int_equal(pt->ndeparted, 0);
+            for (uint32_t j = 0; j < pt->ndeparted; j++) {
+                assert_non_null(cmap_daemon_find(m, pt->departed[j]));
+                for (uint32_t q = 0; q < pt->nreplicas; q++)
+                    assert_true(pt->replicas[q].daemon != pt->departed[j]);
+                for (uint32_t q = 0; q < j; q++)
+                    assert_true(pt->departed[q] != pt->departed[j]);
+            }
+            for (uint32_t j = pt->ndeparted; j < CMAP_MAX_REPLICAS; j++)
+                assert_int_equal(pt->departed[j], 0);
         }
     }
 }
@@ -858,12 +877,15 @@ static void test_set_daemon_state(void **state)
     const cmap_daemon *d = cmap_daemon_find(m, 2);
     assert_int_equal(d->state, CMAP_D_OFFLINE);
     assert_int_equal(d->since_ms, 200);
-    /* replicas are not touched: failover is a separate decision */
+    /* replicas and epochs are not touched (failover is a separate decision,
+     * REPLICA_FAILED), but health counts the daemon's state */
     const cmap_space *sp = cmap_space_by_id(m, 1);
     for (uint32_t p = 0; p < 4; p++) {
         assert_int_equal(sp->parts[p].nreplicas, 3);
-        assert_int_equal(sp->parts[p].health, CMAP_H_PROTECTED);
+        assert_int_equal(sp->parts[p].epoch, 1);
+        assert_int_equal(sp->parts[p].health, CMAP_H_DEGRADED);
     }
+    check_invariants(m);
     /* the same state again applies (version moves) but is no state change */
     set_state(m, 2, CMAP_D_OFFLINE, 300);
     assert_int_equal(cmap_daemon_find(m, 2)->since_ms, 200);
@@ -873,6 +895,8 @@ static void test_set_daemon_state(void **state)
     d = cmap_daemon_find(m, 2);
     assert_int_equal(d->state, CMAP_D_ONLINE);
     assert_int_equal(d->since_ms, 600);
+    for (uint32_t p = 0; p < 4; p++)
+        assert_int_equal(sp->parts[p].health, CMAP_H_PROTECTED);
     assert_int_equal(m->version, 1 + 3 + 1 + 5);
 
     buf b;
@@ -913,6 +937,860 @@ static void test_set_daemon_state(void **state)
     set_state(m, 1, CMAP_D_ONLINE, 907);
     check_invariants(m);
     buf_free(&b);
+    cmap_free(m);
+}
+
+/* ---- replica commands (failure handling) -------------------------------- */
+
+/* A bootstrapped map with daemons 1..n (all ONLINE at "h":1..n) and one space
+ * (id 1) described by `text`. */
+static cmap *cluster(int n, const char *text)
+{
+    cmap *m = cmap_new();
+    bootstrap(m, 1, false);
+    for (int i = 0; i < n; i++)
+        add_daemon(m, "h", (uint16_t)(1 + i), 10);
+    assert_int_equal(add_space(m, text), 1);
+    return m;
+}
+
+static cmap_partition *part(cmap *m, uint32_t sid, uint32_t p)
+{
+    const cmap_space *sp = cmap_space_by_id(m, sid);
+    assert_non_null(sp);
+    assert_true(p < sp->schema->partitions);
+    return &sp->parts[p];
+}
+
+/* "3 1c 2": daemons in order, 'c' marking CATCHING_UP. */
+static const char *replicas_str(const cmap_partition *pt, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (uint32_t i = 0; i < pt->nreplicas; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s%llu%s", i ? " " : "",
+                              (unsigned long long)pt->replicas[i].daemon,
+                              pt->replicas[i].state == CMAP_R_CATCHING_UP ? "c" : "");
+    return out;
+}
+
+static const char *departed_str(const cmap_partition *pt, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (uint32_t i = 0; i < pt->ndeparted; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s%llu", i ? " " : "",
+                              (unsigned long long)pt->departed[i]);
+    return out;
+}
+
+/* Checks a partition's replicas, departed list, epoch and health. */
+static void expect_part(cmap *m, uint32_t sid, uint32_t p, const char *replicas,
+                        const char *departed, uint64_t epoch, int health)
+{
+    char s[128];
+    const cmap_partition *pt = part(m, sid, p);
+    assert_string_equal(replicas_str(pt, s, sizeof s), replicas);
+    assert_string_equal(departed_str(pt, s, sizeof s), departed);
+    assert_int_equal(pt->epoch, epoch);
+    assert_int_equal(pt->health, health);
+}
+
+static void replica_failed(cmap *m, uint64_t d)
+{
+    buf b;
+    buf_init(&b);
+    cmap_cmd_replica_failed(&b, d);
+    expect_ok(m, &b);
+    buf_free(&b);
+    check_invariants(m);
+}
+
+static void add_replica(cmap *m, uint32_t sid, uint32_t p, uint64_t d)
+{
+    buf b;
+    buf_init(&b);
+    cmap_cmd_add_replica(&b, sid, p, d);
+    expect_ok(m, &b);
+    buf_free(&b);
+    check_invariants(m);
+}
+
+static void in_sync(cmap *m, uint32_t sid, uint32_t p, uint64_t d, uint64_t epoch)
+{
+    buf b;
+    buf_init(&b);
+    cmap_cmd_replica_in_sync(&b, sid, p, d, epoch);
+    expect_ok(m, &b);
+    buf_free(&b);
+    check_invariants(m);
+}
+
+static void handoff(cmap *m, uint32_t sid, uint32_t p, uint64_t d)
+{
+    buf b;
+    buf_init(&b);
+    cmap_cmd_handoff(&b, sid, p, d);
+    expect_ok(m, &b);
+    buf_free(&b);
+    check_invariants(m);
+}
+
+static const char *const ONE3 = "space s key k create 1 partitions tolerate 2 failures";
+
+/* A failed backup leaves at once; the returning daemon comes back only
+ * through ADD_REPLICA and counts once it is in sync. */
+static void test_replica_failed_backup(void **state)
+{
+    (void)state;
+    cmap *m = cluster(4, ONE3);
+    expect_part(m, 1, 0, "2 3 4", "", 1, CMAP_H_PROTECTED);
+    set_state(m, 3, CMAP_D_OFFLINE, 20);
+    expect_part(m, 1, 0, "2 3 4", "", 1, CMAP_H_DEGRADED);
+    replica_failed(m, 3);
+    expect_part(m, 1, 0, "2 4", "3", 2, CMAP_H_DEGRADED);
+
+    buf b;
+    buf_init(&b);
+    cmap_cmd_replica_failed(&b, 3); /* again: nothing left to remove */
+    expect_refused(m, &b, "ERR daemon 3 holds no replica that can be removed");
+    set_state(m, 1, CMAP_D_OFFLINE, 21); /* holds no replica at all */
+    cmap_cmd_replica_failed(&b, 1);
+    expect_refused(m, &b, "ERR daemon 1 holds no replica that can be removed");
+
+    /* back ONLINE: not re-listed by itself (the planner re-adds it) */
+    set_state(m, 3, CMAP_D_ONLINE, 30);
+    expect_part(m, 1, 0, "2 4", "3", 2, CMAP_H_DEGRADED);
+    add_replica(m, 1, 0, 3);
+    expect_part(m, 1, 0, "2 4 3c", "", 3, CMAP_H_DEGRADED);
+    in_sync(m, 1, 0, 3, 3);
+    expect_part(m, 1, 0, "2 4 3", "", 4, CMAP_H_PROTECTED);
+    buf_free(&b);
+    cmap_free(m);
+}
+
+/* A failed primary is replaced by the first IN_SYNC replica on an ONLINE
+ * daemon (I3), never by a catching-up one or one on a down daemon. */
+static void test_replica_failed_primary(void **state)
+{
+    (void)state;
+    cmap *m = cluster(4, ONE3);
+    set_state(m, 2, CMAP_D_OFFLINE, 20);
+    replica_failed(m, 2);
+    expect_part(m, 1, 0, "3 4", "2", 2, CMAP_H_DEGRADED);
+    cmap_free(m);
+
+    /* the first backup is down too: the second one takes over */
+    m = cluster(4, ONE3);
+    set_state(m, 3, CMAP_D_OFFLINE, 20);
+    set_state(m, 2, CMAP_D_SHUTDOWN, 21);
+    replica_failed(m, 2);
+    expect_part(m, 1, 0, "4 3", "2", 2, CMAP_H_DEGRADED);
+    replica_failed(m, 3);
+    expect_part(m, 1, 0, "4", "2 3", 3, CMAP_H_DEGRADED);
+    cmap_free(m);
+
+    /* a catching-up replica is never made primary: the last in-sync replica
+     * is kept and the partition waits for it */
+    m = cluster(4, ONE3);
+    add_replica(m, 1, 0, 1);
+    expect_part(m, 1, 0, "2 3 4 1c", "", 2, CMAP_H_PROTECTED);
+    set_state(m, 3, CMAP_D_OFFLINE, 20);
+    set_state(m, 4, CMAP_D_RETIRED, 21);
+    replica_failed(m, 3);
+    replica_failed(m, 4);
+    expect_part(m, 1, 0, "2 1c", "3 4", 4, CMAP_H_DEGRADED);
+    set_state(m, 2, CMAP_D_OFFLINE, 22);
+    expect_part(m, 1, 0, "2 1c", "3 4", 4, CMAP_H_UNAVAILABLE);
+    buf b;
+    buf_init(&b);
+    cmap_cmd_replica_failed(&b, 2);
+    expect_refused(m, &b, "ERR daemon 2 holds no replica that can be removed");
+    /* a down catching-up replica goes at once */
+    set_state(m, 1, CMAP_D_OFFLINE, 23);
+    replica_failed(m, 1);
+    expect_part(m, 1, 0, "2", "3 4 1", 5, CMAP_H_UNAVAILABLE);
+    /* the kept replica returns: the partition serves again */
+    set_state(m, 2, CMAP_D_ONLINE, 30);
+    expect_part(m, 1, 0, "2", "3 4 1", 5, CMAP_H_DEGRADED);
+    buf_free(&b);
+    cmap_free(m);
+}
+
+/* tolerate 0: losing the only replica makes the partition UNAVAILABLE (and
+ * only that one) until its daemon returns. */
+static void test_replica_failed_last_kept(void **state)
+{
+    (void)state;
+    cmap *m = cluster(2, "space z key k create 2 partitions tolerate 0 failures");
+    expect_part(m, 1, 0, "2", "", 1, CMAP_H_PROTECTED);
+    expect_part(m, 1, 1, "1", "", 1, CMAP_H_PROTECTED);
+    set_state(m, 2, CMAP_D_OFFLINE, 20);
+    expect_part(m, 1, 0, "2", "", 1, CMAP_H_UNAVAILABLE);
+    expect_part(m, 1, 1, "1", "", 1, CMAP_H_PROTECTED);
+    buf b;
+    buf_init(&b);
+    cmap_cmd_replica_failed(&b, 2);
+    expect_refused(m, &b, "ERR daemon 2 holds no replica that can be removed");
+    set_state(m, 2, CMAP_D_ONLINE, 30); /* rejoin under its own identity */
+    expect_part(m, 1, 0, "2", "", 1, CMAP_H_PROTECTED);
+    check_invariants(m);
+    buf_free(&b);
+    cmap_free(m);
+}
+
+/* Every in-sync replica down: all are kept, and whichever returns first
+ * takes over (the others are then failed normally). */
+static void test_replica_failed_all_down(void **state)
+{
+    (void)state;
+    cmap *m = cluster(3, "space s key k create 1 partitions tolerate 1 failures");
+    expect_part(m, 1, 0, "2 3", "", 1, CMAP_H_PROTECTED);
+    set_state(m, 2, CMAP_D_OFFLINE, 20);
+    set_state(m, 3, CMAP_D_OFFLINE, 20);
+    expect_part(m, 1, 0, "2 3", "", 1, CMAP_H_UNAVAILABLE);
+    buf b;
+    buf_init(&b);
+    cmap_cmd_replica_failed(&b, 2);
+    expect_refused(m, &b, "ERR daemon 2 holds no replica that can be removed");
+    cmap_cmd_replica_failed(&b, 3);
+    expect_refused(m, &b, "ERR daemon 3 holds no replica that can be removed");
+    set_state(m, 3, CMAP_D_ONLINE, 30);
+    expect_part(m, 1, 0, "2 3", "", 1, CMAP_H_DEGRADED);
+    replica_failed(m, 2);
+    expect_part(m, 1, 0, "3", "2", 2, CMAP_H_DEGRADED);
+    buf_free(&b);
+    cmap_free(m);
+}
+
+/* One daemon in many partitions: each is handled on its own, only the
+ * changed ones move their epoch. */
+static void test_replica_failed_many(void **state)
+{
+    (void)state;
+    /* 3 daemons, 6 partitions: p holds daemons (p+1)%3+1, (p+2)%3+1 */
+    cmap *m = cluster(3, "space s key k create 6 partitions tolerate 1 failures");
+    uint32_t z = (uint32_t)add_space(m, "space z key k create 3 partitions tolerate 0 failures");
+    assert_int_equal(z, 2);
+    set_state(m, 1, CMAP_D_OFFLINE, 20);
+    replica_failed(m, 1);
+    for (uint32_t p = 0; p < 6; p++) {
+        const cmap_partition *pt = part(m, 1, p);
+        bool held = (p + 1) % 3 == 0 || (p + 2) % 3 == 0; /* daemon 1 was listed */
+        assert_int_equal(pt->epoch, held ? 2 : 1);
+        assert_int_equal(pt->nreplicas, held ? 1 : 2);
+        assert_int_equal(pt->health, held ? CMAP_H_DEGRADED : CMAP_H_PROTECTED);
+        assert_int_equal(pt->ndeparted, held ? 1 : 0);
+        for (uint32_t j = 0; j < pt->nreplicas; j++)
+            assert_true(pt->replicas[j].daemon != 1);
+    }
+    /* space z (id 2): one partition on daemon 1, kept */
+    uint32_t kept = 0;
+    for (uint32_t p = 0; p < 3; p++) {
+        const cmap_partition *pt = part(m, 2, p);
+        assert_int_equal(pt->epoch, 1);
+        if (pt->replicas[0].daemon == 1) {
+            kept++;
+            assert_int_equal(pt->health, CMAP_H_UNAVAILABLE);
+        } else {
+            assert_int_equal(pt->health, CMAP_H_PROTECTED);
+        }
+    }
+    assert_int_equal(kept, 1);
+    cmap_free(m);
+}
+
+static void test_replica_failed_refused(void **state)
+{
+    (void)state;
+    buf b;
+    buf_init(&b);
+    cmap *fresh = cmap_new();
+    cmap_cmd_replica_failed(&b, 1);
+    expect_refused(fresh, &b, "ERR cluster not bootstrapped");
+    cmap_free(fresh);
+
+    cmap *m = cluster(3, "space s key k create 3 partitions tolerate 1 failures");
+    cmap_cmd_replica_failed(&b, 9);
+    expect_refused(m, &b, "ERR no such daemon 9");
+    cmap_cmd_replica_failed(&b, 2);
+    expect_refused(m, &b, "ERR daemon 2 is ONLINE: only a daemon marked down can be failed");
+    set_state(m, 2, CMAP_D_SUSPECT, 20);
+    cmap_cmd_replica_failed(&b, 2);
+    expect_refused(m, &b, "ERR daemon 2 is SUSPECT: only a daemon marked down can be failed");
+    /* a partition whose epochs ran out refuses the whole command */
+    set_state(m, 2, CMAP_D_OFFLINE, 21);
+    cmap_partition *last = NULL;
+    uint32_t last_p = 0;
+    for (uint32_t p = 0; p < 3; p++)
+        for (uint32_t j = 0; j < part(m, 1, p)->nreplicas; j++)
+            if (part(m, 1, p)->replicas[j].daemon == 2) {
+                last = part(m, 1, p);
+                last_p = p;
+            }
+    assert_non_null(last);
+    last->epoch = UINT64_MAX;
+    char want[128];
+    snprintf(want, sizeof want, "ERR partition %u of 's' has exhausted its epochs", last_p);
+    cmap_cmd_replica_failed(&b, 2);
+    expect_refused(m, &b, want);
+    last->epoch = 1;
+    replica_failed(m, 2);
+    /* malformed: short, long */
+    buf_putc(&b, 1);
+    buf_putc(&b, CMAP_CMD_REPLICA_FAILED);
+    buf_put_u32be(&b, 2);
+    expect_refused(m, &b, "ERR malformed command");
+    cmap_cmd_replica_failed(&b, 2);
+    buf_putc(&b, 0);
+    expect_refused(m, &b, "ERR malformed command");
+    buf_free(&b);
+    cmap_free(m);
+}
+
+/* SHUTDOWN and RETIRED daemons are down too; the departed list keeps the
+ * last CMAP_MAX_REPLICAS daemons, oldest dropped first. */
+static void test_replica_failed_departed(void **state)
+{
+    (void)state;
+    cmap *m = cluster(12, "space s key k create 1 partitions tolerate 1 failures");
+    expect_part(m, 1, 0, "2 3", "", 1, CMAP_H_PROTECTED);
+    /* churn the backup through daemons 4..12: each added, then failed */
+    uint64_t backup = 3;
+    uint64_t epoch = 1;
+    for (uint64_t d = 4; d <= 12; d++) {
+        set_state(m, backup, d % 2 ? CMAP_D_SHUTDOWN : CMAP_D_RETIRED, 20 + d);
+        replica_failed(m, backup);
+        add_replica(m, 1, 0, d);
+        in_sync(m, 1, 0, d, epoch + 2);
+        epoch += 3;
+        /* protected again: the list is emptied */
+        assert_int_equal(part(m, 1, 0)->ndeparted, 0);
+        backup = d;
+    }
+    expect_part(m, 1, 0, "2 12", "", epoch, CMAP_H_PROTECTED);
+    cmap_free(m);
+
+    /* without ever becoming protected, the list keeps the newest 8 */
+    m = cluster(12, "space s key k create 1 partitions tolerate 1 failures");
+    set_state(m, 3, CMAP_D_OFFLINE, 20);
+    replica_failed(m, 3);
+    for (uint64_t d = 4; d <= 12; d++) {
+        add_replica(m, 1, 0, d);
+        set_state(m, d, CMAP_D_OFFLINE, 20 + d);
+        replica_failed(m, d);
+    }
+    expect_part(m, 1, 0, "2", "5 6 7 8 9 10 11 12", 1 + 2 * 10 - 1, CMAP_H_DEGRADED);
+    /* a departed daemon re-added leaves the list */
+    set_state(m, 8, CMAP_D_ONLINE, 50);
+    add_replica(m, 1, 0, 8);
+    expect_part(m, 1, 0, "2 8c", "5 6 7 9 10 11 12", 1 + 2 * 10, CMAP_H_DEGRADED);
+    roundtrip(m);
+    cmap_free(m);
+}
+
+static void test_add_replica(void **state)
+{
+    (void)state;
+    cmap *m = cluster(10, ONE3); /* partition 0 on daemons 2 3 4 */
+    add_replica(m, 1, 0, 5);
+    expect_part(m, 1, 0, "2 3 4 5c", "", 2, CMAP_H_PROTECTED);
+
+    buf b;
+    buf_init(&b);
+    cmap *fresh = cmap_new();
+    cmap_cmd_add_replica(&b, 1, 0, 1);
+    expect_refused(fresh, &b, "ERR cluster not bootstrapped");
+    cmap_free(fresh);
+    cmap_cmd_add_replica(&b, 9, 0, 1);
+    expect_refused(m, &b, "NOSPACE no such space 9");
+    cmap_cmd_add_replica(&b, 1, 1, 1);
+    expect_refused(m, &b, "ERR space 's' has no partition 1 (it has 1)");
+    cmap_cmd_add_replica(&b, 1, UINT32_MAX, 1);
+    expect_refused(m, &b, "ERR space 's' has no partition 4294967295 (it has 1)");
+    cmap_cmd_add_replica(&b, 1, 0, 11);
+    expect_refused(m, &b, "ERR no such daemon 11");
+    cmap_cmd_add_replica(&b, 1, 0, 2);
+    expect_refused(m, &b, "ERR daemon 2 already holds partition 0 of 's'");
+    cmap_cmd_add_replica(&b, 1, 0, 5);
+    expect_refused(m, &b, "ERR daemon 5 already holds partition 0 of 's'");
+    static const int down[] = {CMAP_D_SUSPECT, CMAP_D_OFFLINE, CMAP_D_SHUTDOWN, CMAP_D_RETIRED};
+    static const char *const down_msg[] = {
+        "ERR daemon 6 is SUSPECT: only an ONLINE daemon can take a replica",
+        "ERR daemon 6 is OFFLINE: only an ONLINE daemon can take a replica",
+        "ERR daemon 6 is SHUTDOWN: only an ONLINE daemon can take a replica",
+        "ERR daemon 6 is RETIRED: only an ONLINE daemon can take a replica"};
+    for (int i = 0; i < 4; i++) {
+        set_state(m, 6, down[i], 20);
+        cmap_cmd_add_replica(&b, 1, 0, 6);
+        expect_refused(m, &b, down_msg[i]);
+    }
+    /* full at CMAP_MAX_REPLICAS */
+    add_replica(m, 1, 0, 1);
+    for (uint64_t d = 7; d <= 9; d++)
+        add_replica(m, 1, 0, d);
+    expect_part(m, 1, 0, "2 3 4 5c 1c 7c 8c 9c", "", 6, CMAP_H_PROTECTED);
+    cmap_cmd_add_replica(&b, 1, 0, 10);
+    expect_refused(m, &b, "ERR partition 0 of 's' already has 8 replicas");
+    cmap_free(m);
+
+    m = cluster(4, ONE3);
+    part(m, 1, 0)->epoch = UINT64_MAX;
+    cmap_cmd_add_replica(&b, 1, 0, 1);
+    expect_refused(m, &b, "ERR partition 0 of 's' has exhausted its epochs");
+    /* malformed */
+    cmap_cmd_add_replica(&b, 1, 0, 1);
+    b.len--;
+    expect_refused(m, &b, "ERR malformed command");
+    buf_free(&b);
+    cmap_free(m);
+}
+
+static void test_replica_in_sync(void **state)
+{
+    (void)state;
+    cmap *m = cluster(5, ONE3); /* 2 3 4 */
+    add_replica(m, 1, 0, 5);    /* epoch 2 */
+    add_replica(m, 1, 0, 1);    /* epoch 3 */
+    expect_part(m, 1, 0, "2 3 4 5c 1c", "", 3, CMAP_H_PROTECTED);
+
+    buf b;
+    buf_init(&b);
+    /* a report from before the last change is stale */
+    cmap_cmd_replica_in_sync(&b, 1, 0, 5, 2);
+    expect_refused(m, &b, "ERR stale report: partition 0 of 's' is at epoch 3, not 2");
+    cmap_cmd_replica_in_sync(&b, 1, 0, 5, 4);
+    expect_refused(m, &b, "ERR stale report: partition 0 of 's' is at epoch 3, not 4");
+    in_sync(m, 1, 0, 5, 3);
+    expect_part(m, 1, 0, "2 3 4 5 1c", "", 4, CMAP_H_PROTECTED);
+    cmap_cmd_replica_in_sync(&b, 1, 0, 5, 4);
+    expect_refused(m, &b, "ERR daemon 5 is already in sync for partition 0 of 's'");
+    cmap_cmd_replica_in_sync(&b, 1, 0, 2, 4);
+    expect_refused(m, &b, "ERR daemon 2 is already in sync for partition 0 of 's'");
+    /* a failure elsewhere in the partition makes an older report stale */
+    set_state(m, 3, CMAP_D_OFFLINE, 20);
+    replica_failed(m, 3);
+    cmap_cmd_replica_in_sync(&b, 1, 0, 1, 4);
+    expect_refused(m, &b, "ERR stale report: partition 0 of 's' is at epoch 5, not 4");
+    cmap_cmd_replica_in_sync(&b, 1, 0, 3, 5);
+    expect_refused(m, &b, "ERR daemon 3 is not a replica of partition 0 of 's'");
+    /* the daemon went down after catching up */
+    set_state(m, 1, CMAP_D_OFFLINE, 21);
+    cmap_cmd_replica_in_sync(&b, 1, 0, 1, 5);
+    expect_refused(m, &b, "ERR daemon 1 is OFFLINE: only an ONLINE replica can be in sync");
+    set_state(m, 1, CMAP_D_ONLINE, 22);
+    in_sync(m, 1, 0, 1, 5);
+    expect_part(m, 1, 0, "2 4 5 1", "", 6, CMAP_H_PROTECTED);
+
+    cmap_cmd_replica_in_sync(&b, 7, 0, 1, 6);
+    expect_refused(m, &b, "NOSPACE no such space 7");
+    cmap_cmd_replica_in_sync(&b, 1, 3, 1, 6);
+    expect_refused(m, &b, "ERR space 's' has no partition 3 (it has 1)");
+    cmap_cmd_replica_in_sync(&b, 1, 0, 6, 6);
+    expect_refused(m, &b, "ERR no such daemon 6");
+    cmap_cmd_replica_in_sync(&b, 1, 0, 1, 6);
+    b.len -= 8;
+    expect_refused(m, &b, "ERR malformed command");
+    cmap *fresh = cmap_new();
+    cmap_cmd_replica_in_sync(&b, 1, 0, 1, 1);
+    expect_refused(fresh, &b, "ERR cluster not bootstrapped");
+    cmap_free(fresh);
+    cmap_free(m);
+
+    /* hand-made states only a decoded map can hold: no in-sync replica to
+     * catch up from; epochs exhausted */
+    m = cluster(3, "space s key k create 1 partitions tolerate 1 failures");
+    add_replica(m, 1, 0, 1);
+    cmap_partition *pt = part(m, 1, 0);
+    pt->replicas[0].state = pt->replicas[1].state = CMAP_R_CATCHING_UP;
+    pt->health = CMAP_H_UNAVAILABLE;
+    cmap_cmd_replica_in_sync(&b, 1, 0, 1, 2);
+    expect_refused(m, &b, "ERR partition 0 of 's' has no in-sync replica to catch up from");
+    pt->replicas[0].state = pt->replicas[1].state = CMAP_R_IN_SYNC;
+    pt->health = CMAP_H_PROTECTED;
+    pt->epoch = UINT64_MAX;
+    cmap_cmd_replica_in_sync(&b, 1, 0, 1, UINT64_MAX);
+    expect_refused(m, &b, "ERR partition 0 of 's' has exhausted its epochs");
+    buf_free(&b);
+    cmap_free(m);
+}
+
+static void test_handoff(void **state)
+{
+    (void)state;
+    cmap *m = cluster(5, ONE3); /* 2 3 4 */
+    handoff(m, 1, 0, 4);
+    expect_part(m, 1, 0, "4 2 3", "", 2, CMAP_H_PROTECTED);
+    handoff(m, 1, 0, 3);
+    expect_part(m, 1, 0, "3 4 2", "", 3, CMAP_H_PROTECTED);
+
+    buf b;
+    buf_init(&b);
+    cmap_cmd_handoff(&b, 1, 0, 3);
+    expect_refused(m, &b, "ERR daemon 3 is already the primary of partition 0 of 's'");
+    cmap_cmd_handoff(&b, 1, 0, 1);
+    expect_refused(m, &b, "ERR daemon 1 is not a replica of partition 0 of 's'");
+    add_replica(m, 1, 0, 1);
+    cmap_cmd_handoff(&b, 1, 0, 1);
+    expect_refused(m, &b, "ERR daemon 1 is not in sync for partition 0 of 's'");
+    set_state(m, 2, CMAP_D_SUSPECT, 20);
+    cmap_cmd_handoff(&b, 1, 0, 2);
+    expect_refused(m, &b, "ERR daemon 2 is SUSPECT: only an ONLINE replica can become primary");
+    cmap_cmd_handoff(&b, 2, 0, 2);
+    expect_refused(m, &b, "NOSPACE no such space 2");
+    cmap_cmd_handoff(&b, 1, 1, 2);
+    expect_refused(m, &b, "ERR space 's' has no partition 1 (it has 1)");
+    cmap_cmd_handoff(&b, 1, 0, 0);
+    expect_refused(m, &b, "ERR no such daemon 0");
+    cmap_cmd_handoff(&b, 1, 0, 4);
+    buf_putc(&b, 0);
+    expect_refused(m, &b, "ERR malformed command");
+    part(m, 1, 0)->epoch = UINT64_MAX;
+    cmap_cmd_handoff(&b, 1, 0, 4);
+    expect_refused(m, &b, "ERR partition 0 of 's' has exhausted its epochs");
+    cmap *fresh = cmap_new();
+    cmap_cmd_handoff(&b, 1, 0, 4);
+    expect_refused(fresh, &b, "ERR cluster not bootstrapped");
+    cmap_free(fresh);
+    buf_free(&b);
+    cmap_free(m);
+
+    /* a clean shutdown as the daemon does it: hand off, leave, be failed */
+    m = cluster(3, "space s key k create 3 partitions tolerate 1 failures");
+    for (uint32_t p = 0; p < 3; p++) {
+        const cmap_partition *pt = part(m, 1, p);
+        if (pt->replicas[0].daemon == 2) handoff(m, 1, p, pt->replicas[1].daemon);
+    }
+    set_state(m, 2, CMAP_D_SHUTDOWN, 20);
+    replica_failed(m, 2);
+    for (uint32_t p = 0; p < 3; p++) {
+        const cmap_partition *pt = part(m, 1, p);
+        assert_int_equal(pt->nreplicas, pt->epoch == 1 ? 2 : 1);
+        assert_true(pt->replicas[0].daemon != 2);
+    }
+    cmap_free(m);
+}
+
+/* Health under every combination of daemon states and replica states:
+ * only IN_SYNC replicas on ONLINE daemons count. */
+static void test_health_states(void **state)
+{
+    (void)state;
+    static const int states[] = {CMAP_D_ONLINE, CMAP_D_SUSPECT, CMAP_D_OFFLINE, CMAP_D_SHUTDOWN,
+                                 CMAP_D_RETIRED};
+    for (uint32_t tol = 0; tol <= 2; tol++) {
+        char text[96];
+        snprintf(text, sizeof text, "space s key k create 1 partitions tolerate %u failures", tol);
+        for (int combo = 0; combo < 5 * 5 * 5; combo++) {
+            for (int cu = 0; cu < 2; cu++) { /* the last replica catching up or not */
+                cmap *m = cluster(4, text);
+                uint32_t n = tol + 1;
+                if (cu) {
+                    add_replica(m, 1, 0, 1);
+                    n++;
+                }
+                const cmap_partition *pt = part(m, 1, 0);
+                assert_int_equal(pt->nreplicas, n);
+                int st[3] = {states[combo % 5], states[combo / 5 % 5], states[combo / 25]};
+                uint32_t live = 0;
+                for (uint32_t j = 0; j < n && j < 3; j++) {
+                    uint64_t d = pt->replicas[j].daemon;
+                    set_state(m, d, st[j], 100 + j);
+                    if (pt->replicas[j].state == CMAP_R_IN_SYNC && st[j] == CMAP_D_ONLINE) live++;
+                }
+                /* (with tolerate 2 and a catching-up fourth replica, that one
+                 * stays ONLINE: catching-up replicas never count anyway) */
+                int want = live == 0         ? CMAP_H_UNAVAILABLE
+                           : live >= tol + 1 ? CMAP_H_PROTECTED
+                                             : CMAP_H_DEGRADED;
+                assert_int_equal(pt->health, want);
+                check_invariants(m);
+                roundtrip(m);
+                cmap_free(m);
+            }
+        }
+    }
+}
+
+/* Random commands of every kind: a refusal changes nothing; an applied
+ * command moves the version by one, never lowers an epoch, moves the epoch
+ * of exactly the partitions whose replicas changed, and never leaves a
+ * partition that lost an IN_SYNC replica without a live IN_SYNC one. */
+static void test_replica_commands_random(void **state)
+{
+    (void)state;
+    cmap *m = cmap_new();
+    bootstrap(m, 1, false);
+    for (int i = 0; i < 7; i++)
+        add_daemon(m, "h", (uint16_t)(1 + i), 10);
+    add_space(m, "space a key k create 4 partitions tolerate 1 failures");
+    add_space(m, "space b key k create 3 partitions tolerate 2 failures");
+    add_space(m, "space c key k create 2 partitions tolerate 0 failures");
+    rng_state = 4242;
+    static const int states[] = {CMAP_D_ONLINE, CMAP_D_ONLINE, CMAP_D_SUSPECT, CMAP_D_OFFLINE,
+                                 CMAP_D_SHUTDOWN};
+    enum { NPARTS = 9 };
+    buf b;
+    buf_init(&b);
+    int applied[6] = {0};
+    for (int iter = 0; iter < 30000; iter++) {
+        cmap_partition before[NPARTS];
+        uint32_t k = 0;
+        for (uint32_t s = 0; s < m->nspaces; s++)
+            for (uint32_t p = 0; p < m->spaces[s].schema->partitions; p++)
+                before[k++] = m->spaces[s].parts[p];
+        uint64_t d = 1 + rnd() % 8; /* 8: unknown */
+        uint32_t sid = 1 + (uint32_t)(rnd() % 4), p = (uint32_t)(rnd() % 5);
+        int kind = (int)(rnd() % 6);
+        const cmap_space *tsp = cmap_space_by_id(m, sid);
+        if ((kind == 3 || kind == 4) && tsp && p < tsp->schema->partitions && rnd() % 4) {
+            const cmap_partition *tpt = &tsp->parts[p]; /* mostly one of its replicas */
+            d = tpt->replicas[rnd() % tpt->nreplicas].daemon;
+        }
+        switch (kind) {
+        case 0:
+            cmap_cmd_set_daemon_state(&b, d, states[rnd() % 5], (uint64_t)iter);
+            break;
+        case 1:
+            cmap_cmd_replica_failed(&b, d);
+            break;
+        case 2:
+        case 3: {
+            const cmap_space *sp = cmap_space_by_id(m, sid);
+            uint64_t e = sp && p < sp->schema->partitions ? sp->parts[p].epoch : 1;
+            if (kind == 2)
+                cmap_cmd_add_replica(&b, sid, p, d);
+            else
+                cmap_cmd_replica_in_sync(&b, sid, p, d, e - (rnd() % 4 == 0));
+            break;
+        }
+        case 4:
+            cmap_cmd_handoff(&b, sid, p, d);
+            break;
+        default:
+            cmap_cmd_set_daemon_state(&b, d, CMAP_D_ONLINE, (uint64_t)iter);
+            break;
+        }
+        buf enc;
+        encode_map(m, &enc);
+        uint64_t v = m->version;
+        cmap_result res;
+        if (run(m, &b, &res) != 0) {
+            buf after;
+            encode_map(m, &after);
+            assert_int_equal(enc.len, after.len);
+            assert_memory_equal(enc.data, after.data, enc.len);
+            buf_free(&after);
+            buf_free(&enc);
+            continue;
+        }
+        buf_free(&enc);
+        applied[kind]++;
+        assert_int_equal(m->version, v + 1);
+        check_invariants(m);
+        k = 0;
+        for (uint32_t s = 0; s < m->nspaces; s++)
+            for (uint32_t q = 0; q < m->spaces[s].schema->partitions; q++) {
+                const cmap_partition *old = &before[k++], *now = &m->spaces[s].parts[q];
+                bool same = old->nreplicas == now->nreplicas &&
+                            !memcmp(old->replicas, now->replicas,
+                                    old->nreplicas * sizeof old->replicas[0]);
+                assert_true(now->epoch >= old->epoch);
+                assert_int_equal(now->epoch != old->epoch, !same);
+                if (!same) assert_int_equal(now->epoch, old->epoch + 1);
+                /* an IN_SYNC replica left: a live IN_SYNC one remains */
+                for (uint32_t j = 0; j < old->nreplicas; j++) {
+                    if (old->replicas[j].state != CMAP_R_IN_SYNC) continue;
+                    bool still = false;
+                    for (uint32_t i = 0; i < now->nreplicas; i++)
+                        still |= now->replicas[i].daemon == old->replicas[j].daemon;
+                    if (!still) assert_int_not_equal(now->health, CMAP_H_UNAVAILABLE);
+                }
+                assert_true(now->nreplicas >= 1);
+            }
+    }
+    /* every kind of command was exercised */
+    for (int i = 0; i < 6; i++)
+        assert_true(applied[i] > 100);
+    roundtrip(m);
+    buf_free(&b);
+    cmap_free(m);
+}
+
+/* An encoder for the older map formats (1: no coordinators; 2: no departed
+ * lists), writing health by the rule those formats had. */
+static void encode_old(const cmap *m, int format, buf *out)
+{
+    buf_init(out);
+    buf_putc(out, (char)format);
+    buf_put_u64be(out, m->cluster_id);
+    buf_put_u64be(out, m->version);
+    buf_put_u32be(out, m->settings.heartbeat_ms);
+    buf_put_u32be(out, m->settings.ping_timeout_ms);
+    buf_put_u32be(out, m->settings.reprotect_delay_s);
+    buf_put_u64be(out, m->settings.log_retention);
+    buf_putc(out, m->settings.single_node ? 1 : 0);
+    buf_put_u32be(out, m->next_space_id);
+    buf_put_u64be(out, m->next_daemon_id);
+    buf_put_u32be(out, m->ndaemons);
+    for (uint32_t i = 0; i < m->ndaemons; i++) {
+        const cmap_daemon *d = &m->daemons[i];
+        buf_put_u64be(out, d->id);
+        buf_put_u32be(out, (uint32_t)strlen(d->host));
+        buf_puts(out, d->host);
+        buf_put_u16be(out, d->port);
+        buf_put_u16be(out, d->peer_port);
+        buf_putc(out, (char)d->state);
+        buf_put_u64be(out, d->since_ms);
+    }
+    buf_put_u32be(out, m->nspaces);
+    for (uint32_t i = 0; i < m->nspaces; i++) {
+        const cmap_space *sp = &m->spaces[i];
+        buf_put_u32be(out, sp->id);
+        buf sch;
+        buf_init(&sch);
+        space_encode(sp->schema, &sch);
+        buf_put_u32be(out, (uint32_t)sch.len);
+        buf_append(out, sch.data, sch.len);
+        buf_free(&sch);
+        buf_put_u32be(out, sp->schema->partitions);
+        for (uint32_t p = 0; p < sp->schema->partitions; p++) {
+            const cmap_partition *pt = &sp->parts[p];
+            uint32_t in_sync = 0;
+            for (uint32_t j = 0; j < pt->nreplicas; j++)
+                in_sync += pt->replicas[j].state == CMAP_R_IN_SYNC;
+            buf_put_u64be(out, pt->epoch);
+            buf_putc(out, (char)(in_sync == 0                          ? CMAP_H_UNAVAILABLE
+                                 : in_sync >= sp->schema->tolerate + 1 ? CMAP_H_PROTECTED
+                                                                       : CMAP_H_DEGRADED));
+            buf_put_u32be(out, pt->nreplicas);
+            for (uint32_t j = 0; j < pt->nreplicas; j++) {
+                buf_put_u64be(out, pt->replicas[j].daemon);
+                buf_putc(out, (char)pt->replicas[j].state);
+            }
+        }
+    }
+    if (format == 1) return;
+    buf_put_u64be(out, m->next_coord_id);
+    buf_put_u32be(out, m->ncoords);
+    for (uint32_t i = 0; i < m->ncoords; i++) {
+        const cmap_coordinator *c = &m->coords[i];
+        buf_put_u64be(out, c->id);
+        buf_put_u32be(out, (uint32_t)strlen(c->host));
+        buf_puts(out, c->host);
+        buf_put_u16be(out, c->port);
+        buf_put_u32be(out, (uint32_t)strlen(c->peer_host));
+        buf_puts(out, c->peer_host);
+        buf_put_u16be(out, c->peer_port);
+    }
+}
+
+/* Format 3 round-trips departed lists and down replicas; formats 1 and 2
+ * still decode, their health checked by their own rule and recomputed. */
+static void test_encode_formats(void **state)
+{
+    (void)state;
+    assert_int_equal(CMAP_FORMAT_VERSION, 3);
+    cmap *m = rich_map(); /* daemons 2..5 SUSPECT, OFFLINE, SHUTDOWN, RETIRED */
+    buf b;
+    buf_init(&b);
+    cmap_cmd_add_coordinator(&b, "c1", 1982, "c1", 11982);
+    expect_ok(m, &b);
+    buf_free(&b);
+    /* old health differs from new health somewhere */
+    bool differs = false;
+    for (uint32_t s = 0; s < m->nspaces; s++)
+        for (uint32_t p = 0; p < m->spaces[s].schema->partitions; p++)
+            differs |= m->spaces[s].parts[p].health != CMAP_H_PROTECTED;
+    assert_true(differs);
+
+    buf now;
+    encode_map(m, &now);
+    for (int format = 1; format <= 2; format++) {
+        buf old;
+        encode_old(m, format, &old);
+        cmap *d = NULL;
+        assert_int_equal(cmap_decode(old.data, old.len, &d), 0);
+        check_invariants(d);
+        if (format == 1) {
+            assert_int_equal(d->ncoords, 0);
+        } else {
+            buf again;
+            encode_map(d, &again); /* the same map, in format 3 */
+            assert_int_equal(again.len, now.len);
+            assert_memory_equal(again.data, now.data, now.len);
+            buf_free(&again);
+        }
+        for (uint32_t s = 0; s < m->nspaces; s++)
+            for (uint32_t p = 0; p < m->spaces[s].schema->partitions; p++)
+                assert_int_equal(d->spaces[s].parts[p].health, m->spaces[s].parts[p].health);
+        cmap_free(d);
+        /* an old format with health written by the new rule is refused */
+        if (format == 2) {
+            /* format 2 wrote PROTECTED where in-sync replicas sat on down
+             * daemons; a DEGRADED there (the new rule) is refused */
+            const cmap_partition *pt = &m->spaces[1].parts[3]; /* daemons 1, 2 (SUSPECT) */
+            assert_int_equal(pt->health, CMAP_H_DEGRADED);
+            buf bad;
+            encode_old(m, 2, &bad);
+            /* find that partition's health byte: after its epoch */
+            buf pat;
+            buf_init(&pat);
+            buf_put_u64be(&pat, pt->epoch);
+            buf_putc(&pat, CMAP_H_PROTECTED);
+            buf_put_u32be(&pat, 2);
+            buf_put_u64be(&pat, 1);
+            buf_putc(&pat, CMAP_R_IN_SYNC);
+            buf_put_u64be(&pat, 2);
+            char *at = memmem(bad.data, bad.len, pat.data, pat.len);
+            assert_non_null(at);
+            at[8] = CMAP_H_DEGRADED;
+            d = (cmap *)&bad;
+            assert_int_equal(cmap_decode(bad.data, bad.len, &d), -1);
+            assert_null(d);
+            at[8] = CMAP_H_PROTECTED;
+            assert_int_equal(cmap_decode(bad.data, bad.len, &d), 0);
+            cmap_free(d);
+            buf_free(&pat);
+            buf_free(&bad);
+        }
+        buf_free(&old);
+    }
+    buf_free(&now);
+
+    /* format 3: departed lists, kept replicas on down daemons, catching-up
+     * replicas, all round-trip; a clone encodes identically */
+    cmap *c = cluster(5, ONE3);
+    set_state(c, 3, CMAP_D_OFFLINE, 20);
+    replica_failed(c, 3);
+    add_replica(c, 1, 0, 1);
+    set_state(c, 2, CMAP_D_OFFLINE, 21);
+    set_state(c, 4, CMAP_D_OFFLINE, 21);
+    expect_part(c, 1, 0, "2 4 1c", "3", 3, CMAP_H_UNAVAILABLE);
+    roundtrip(c);
+    cmap *cl = cmap_clone(c);
+    buf e1, e2;
+    encode_map(c, &e1);
+    encode_map(cl, &e2);
+    assert_int_equal(e1.len, e2.len);
+    assert_memory_equal(e1.data, e2.data, e1.len);
+    /* the clone is independent */
+    set_state(cl, 4, CMAP_D_ONLINE, 30);
+    replica_failed(cl, 2);
+    expect_part(cl, 1, 0, "4 1c", "3 2", 4, CMAP_H_DEGRADED);
+    expect_part(c, 1, 0, "2 4 1c", "3", 3, CMAP_H_UNAVAILABLE);
+    buf_free(&e1);
+    buf_free(&e2);
+    cmap_free(cl);
+    cmap_free(c);
+    cmap *e = cmap_clone(m);
+    roundtrip(e);
+    cmap_free(e);
+    cmap *fresh = cmap_new();
+    e = cmap_clone(fresh);
+    roundtrip(e);
+    cmap_free(e);
+    cmap_free(fresh);
     cmap_free(m);
 }
 
@@ -1130,6 +2008,14 @@ static void test_malformed_commands(void **state)
     cmap_cmd_add_daemon(&cmds, "h", 3, 4, 5);
     offs[n++] = cmds.len;
     cmap_cmd_set_daemon_state(&cmds, 1, CMAP_D_OFFLINE, 5);
+    offs[n++] = cmds.len;
+    cmap_cmd_replica_failed(&cmds, 1);
+    offs[n++] = cmds.len;
+    cmap_cmd_add_replica(&cmds, 1, 0, 1);
+    offs[n++] = cmds.len;
+    cmap_cmd_replica_in_sync(&cmds, 1, 0, 1, 1);
+    offs[n++] = cmds.len;
+    cmap_cmd_handoff(&cmds, 1, 0, 2);
     offs[n] = cmds.len;
 
     buf b;
@@ -1356,38 +2242,82 @@ static void expect_decode_fails(const cmap *m)
     buf_free(&e);
 }
 
-/* More replicas than CMAP_MAX_REPLICAS can only be written by hand: a map
- * of 9 daemons and one 1-replica partition, its count patched to 9. */
+/* More replicas (or departed daemons) than CMAP_MAX_REPLICAS can only be
+ * written by hand: a map of 9 daemons and one 1-replica partition, its
+ * counts patched. */
 static void test_decode_too_many_replicas(void **state)
 {
     (void)state;
     cmap *m = cmap_new();
     bootstrap(m, 1, false);
-    for (int i = 0; i < CMAP_MAX_REPLICAS + 1; i++)
+    for (int i = 0; i < CMAP_MAX_REPLICAS + 2; i++)
         add_daemon(m, "h", (uint16_t)(1 + i), 0);
     add_space(m, "space s key k create 1 partitions tolerate 0 failures");
     buf e;
     encode_map(m, &e);
-    /* the spaces end with: u8 health, u32 nreplicas, u64 daemon, u8 state;
-     * then come the coordinators (u64 next id, u32 count 0) */
-    const size_t coords = 12;
-    assert_int_equal(get_u32be(e.data + e.len - coords - 13), 1);
-    uint64_t first = get_u64be(e.data + e.len - coords - 9);
+    /* the spaces end with: u8 health, u32 nreplicas, u64 daemon, u8 state,
+     * u32 ndeparted (0); then come the coordinators (u64 next id, u32 count 0) */
+    const size_t coords = 12, after = 4 + coords;
+    assert_int_equal(get_u32be(e.data + e.len - after - 13), 1);
+    assert_int_equal(get_u32be(e.data + e.len - after), 0);
+    uint64_t first = get_u64be(e.data + e.len - after - 9);
     cmap *d = NULL;
     assert_int_equal(cmap_decode(e.data, e.len, &d), 0);
     cmap_free(d);
     unsigned char tail[12];
     memcpy(tail, e.data + e.len - coords, coords);
-    e.len -= coords + 13;
-    buf_put_u32be(&e, CMAP_MAX_REPLICAS + 1);
-    for (uint64_t id = 1; id <= CMAP_MAX_REPLICAS + 1; id++) {
-        buf_put_u64be(&e, id == 1 ? first : (id == first ? 1 : id));
-        buf_putc(&e, CMAP_R_IN_SYNC);
+    e.len -= after + 13;
+    size_t base = e.len;
+    for (uint32_t n = CMAP_MAX_REPLICAS; n <= CMAP_MAX_REPLICAS + 1; n++) {
+        e.len = base;
+        buf_put_u32be(&e, n);
+        for (uint64_t id = 1; id <= n; id++) {
+            buf_put_u64be(&e, id == 1 ? first : (id == first ? 1 : id));
+            buf_putc(&e, CMAP_R_IN_SYNC);
+        }
+        buf_put_u32be(&e, 0);
+        buf_append(&e, tail, coords);
+        d = (cmap *)&e;
+        if (n == CMAP_MAX_REPLICAS) { /* the limit itself is fine */
+            assert_int_equal(cmap_decode(e.data, e.len, &d), 0);
+            assert_int_equal(d->spaces[0].parts[0].nreplicas, CMAP_MAX_REPLICAS);
+            cmap_free(d);
+        } else {
+            assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
+            assert_null(d);
+        }
     }
-    buf_append(&e, tail, coords);
-    d = (cmap *)&e;
-    assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
-    assert_null(d);
+    buf_free(&e);
+
+    /* departed lists: the replica's daemon down (so the partition is not
+     * PROTECTED and may have departed daemons), 8 departed are fine, 9 not */
+    set_state(m, first, CMAP_D_OFFLINE, 1);
+    encode_map(m, &e);
+    memcpy(tail, e.data + e.len - coords, coords);
+    e.len -= after;
+    base = e.len;
+    for (uint32_t n = CMAP_MAX_REPLICAS; n <= CMAP_MAX_REPLICAS + 1; n++) {
+        e.len = base;
+        buf_put_u32be(&e, n);
+        uint32_t put = 0;
+        for (uint64_t id = 1; put < n; id++)
+            if (id != first) {
+                buf_put_u64be(&e, id);
+                put++;
+            }
+        buf_append(&e, tail, coords);
+        d = (cmap *)&e;
+        if (n == CMAP_MAX_REPLICAS) {
+            assert_int_equal(cmap_decode(e.data, e.len, &d), 0);
+            assert_int_equal(d->spaces[0].parts[0].ndeparted, CMAP_MAX_REPLICAS);
+            assert_int_equal(d->spaces[0].parts[0].health, CMAP_H_UNAVAILABLE);
+            roundtrip(d);
+            cmap_free(d);
+        } else {
+            assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
+            assert_null(d);
+        }
+    }
     buf_free(&e);
     cmap_free(m);
 }
@@ -1397,9 +2327,10 @@ static void test_decode_invalid(void **state)
     (void)state;
     cmap *m = rich_map();
     cmap_space *sp = &m->spaces[1]; /* kv2: 16 partitions, tolerate 1 */
-    cmap_partition *pt = &sp->parts[3];
+    cmap_partition *pt = &sp->parts[2]; /* on daemons 6 and 1, both ONLINE */
     cmap_partition saved = *pt;
     assert_int_equal(pt->nreplicas, 2);
+    assert_int_equal(pt->health, CMAP_H_PROTECTED);
 
     pt->replicas[1].daemon = pt->replicas[0].daemon; /* duplicate replica */
     expect_decode_fails(m);
@@ -1434,6 +2365,41 @@ static void test_decode_invalid(void **state)
     roundtrip(m);
     *pt = saved;
     roundtrip(m);
+    /* a catching-up primary with an in-sync backup breaks I3 */
+    pt->replicas[0].state = CMAP_R_CATCHING_UP;
+    pt->health = CMAP_H_DEGRADED;
+    expect_decode_fails(m);
+    *pt = saved;
+
+    /* health counts only in-sync replicas on ONLINE daemons: partition 3 is
+     * on daemons 1 (ONLINE) and 2 (SUSPECT) */
+    cmap_partition *p3 = &sp->parts[3];
+    assert_int_equal(p3->replicas[1].daemon, 2);
+    assert_int_equal(p3->health, CMAP_H_DEGRADED);
+    p3->health = CMAP_H_PROTECTED;
+    expect_decode_fails(m);
+    p3->health = CMAP_H_DEGRADED;
+
+    /* departed lists: distinct, known, not replicas, none while PROTECTED */
+    p3->ndeparted = 2;
+    p3->departed[0] = 5;
+    p3->departed[1] = 3;
+    roundtrip(m);
+    p3->departed[1] = 5; /* duplicate */
+    expect_decode_fails(m);
+    p3->departed[1] = 99; /* unknown */
+    expect_decode_fails(m);
+    p3->departed[1] = 2; /* a replica */
+    expect_decode_fails(m);
+    p3->departed[1] = 3;
+    pt->ndeparted = 1; /* on a PROTECTED partition */
+    pt->departed[0] = 3;
+    expect_decode_fails(m);
+    pt->ndeparted = 0;
+    pt->departed[0] = 0;
+    roundtrip(m);
+    p3->ndeparted = 0;
+    p3->departed[0] = p3->departed[1] = 0;
 
     /* spaces: id order, id bound */
     uint32_t sid = sp->id;
@@ -1605,6 +2571,19 @@ int main(void)
         cmocka_unit_test(test_decode_invalid),
         cmocka_unit_test(test_coordinators),
         cmocka_unit_test(test_decode_too_many_replicas),
+        cmocka_unit_test(test_replica_failed_backup),
+        cmocka_unit_test(test_replica_failed_primary),
+        cmocka_unit_test(test_replica_failed_last_kept),
+        cmocka_unit_test(test_replica_failed_all_down),
+        cmocka_unit_test(test_replica_failed_many),
+        cmocka_unit_test(test_replica_failed_refused),
+        cmocka_unit_test(test_replica_failed_departed),
+        cmocka_unit_test(test_add_replica),
+        cmocka_unit_test(test_replica_in_sync),
+        cmocka_unit_test(test_handoff),
+        cmocka_unit_test(test_health_states),
+        cmocka_unit_test(test_replica_commands_random),
+        cmocka_unit_test(test_encode_formats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
