@@ -1,7 +1,7 @@
 # keel build.
 #
 #   make            build build/keel, build/libkeel.a, build/libkeel.so, keel.pc
-#   make run        install missing deps, build, start a local keel in the foreground
+#   make run        install missing deps, build, start a local cluster (keel local)
 #   make test       install missing deps, build, run every test (unit, fuzz smoke, e2e)
 #   make asan       the whole suite under AddressSanitizer + UBSan (build/asan)
 #   make sim        the Raft simulator for SEEDS seeds of STEPS steps (replsim: replication)
@@ -26,7 +26,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 
 PORT    ?= 2012
-DATA    ?= data
+DATA    ?= keel-local
 
 CORE_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
 CORE_OBJ := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
@@ -45,7 +45,7 @@ CLUSTER_TESTS := $(wildcard tests/cluster/test_*.py)
 SEEDS   ?= 500
 STEPS   ?= 2000
 
-.PHONY: all run test unit fuzz-smoke fuzz e2e cluster asan deps clean format bench sim sim-smoke \
+.PHONY: all run run-standalone test unit fuzz-smoke fuzz e2e cluster asan deps clean format bench sim sim-smoke \
         replsim replsim-smoke
 
 all: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel.pc
@@ -152,10 +152,16 @@ test: deps all unit $(if $(SIM_SRC),sim-smoke) $(if $(REPLSIM_SRC),replsim-smoke
 asan:
 	$(MAKE) BUILD=build/asan SAN=1 OPT=-O1 all unit e2e $(if $(CLUSTER_TESTS),cluster)
 
+# A local cluster: 3 coordinators (1982..) and 3 daemons (2012..), data in
+# $(DATA)/; Ctrl-C stops it cleanly. `make run-standalone` runs the
+# single-process server instead.
 run: deps all
-	@mkdir -p $(DATA)
-	@echo "keel: serving on 127.0.0.1:$(PORT), data in $(DATA)/ (Ctrl-C stops)"
-	$(BUILD)/keel standalone -f -p $(PORT) -D $(DATA)
+	$(BUILD)/keel local -D $(DATA)
+
+run-standalone: deps all
+	@mkdir -p $(DATA)-standalone
+	@echo "keel: serving on 127.0.0.1:$(PORT), data in $(DATA)-standalone/ (Ctrl-C stops)"
+	$(BUILD)/keel standalone -f -p $(PORT) -D $(DATA)-standalone
 
 bench: all
 	bench/redis_compare.sh

@@ -1028,6 +1028,15 @@ static void report(void *arg, int argc, const char *const *argv)
     coord_send(d, RQ_REPORT, d->coords.cur, argc, argv);
 }
 
+static void fetch_map(dstate *d, size_t slot);
+
+/* dpart saw a space it does not know: the map may be behind the coordinator. */
+static void want_map(void *arg)
+{
+    dstate *d = arg;
+    if (d->phase == PH_RUNNING && d->coords.n) fetch_map(d, d->coords.cur);
+}
+
 static bool lease_ok(void *arg)
 {
     dstate *d = arg;
@@ -1047,7 +1056,8 @@ static void start_data_plane(dstate *d)
                     .lease_ok = lease_ok,
                     .lease_arg = d,
                     .report = report,
-                    .report_arg = d};
+                    .report_arg = d,
+                    .want_map = want_map};
     char err[400];
     if (dpart_start(&d->dp, &d->loop, &o, err, sizeof err)) {
         log_error("event=storage_error cannot start the data plane: %s", err);

@@ -54,9 +54,10 @@ enum { IN_MSG = 1, IN_WRITE };
 typedef struct dp_input {
     struct dp_input *next;
     int kind;
-    buf bytes;        /* IN_MSG: an encoded repl message */
-    kv_op *op;        /* IN_WRITE */
-    net_reply *reply; /* IN_WRITE */
+    buf bytes;                      /* IN_MSG: an encoded repl message */
+    kv_op *op;                      /* IN_WRITE */
+    net_reply *reply;               /* IN_WRITE */
+    uint64_t client_id, client_seq; /* IN_WRITE: exactly-once identity, or 0 */
 } dp_input;
 
 typedef struct dp_wait {
@@ -353,7 +354,8 @@ static void on_ready_done(void *arg, commit_item *list)
 
 /* ---- driving a part --------------------------------------------------------------- */
 
-static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply);
+static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply, uint64_t client_id,
+                      uint64_t client_seq);
 
 /* Runs queued inputs and the next Ready while the part is idle. */
 static void part_pump(dpart *dp, dp_part *p)
@@ -370,7 +372,7 @@ static void part_pump(dpart *dp, dp_part *p)
             }
             buf_free(&in->bytes);
         } else {
-            write_now(dp, p, in->op, in->reply);
+            write_now(dp, p, in->op, in->reply, in->client_id, in->client_seq);
         }
         free(in);
         if (repl_has_ready(p->r)) break;
@@ -413,7 +415,8 @@ static void enqueue(dp_part *p, dp_input *in)
 
 /* A write on the primary: compute the resulting object from the newest state
  * (a pending entry, else the store) and hand it to repl. */
-static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply)
+static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply, uint64_t client_id,
+                      uint64_t client_seq)
 {
     buf *out = net_reply_buf(reply);
     if (!repl_readable(p->r)) {
@@ -421,6 +424,29 @@ static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply)
         net_reply_done(reply);
         kv_op_free(op);
         return;
+    }
+    if (client_id) {
+        /* exactly-once: a retry of the client's latest write is answered
+         * with the original result, or attaches to it while it commits */
+        uint64_t seq;
+        const uint8_t *result;
+        uint32_t rlen;
+        int dup = repl_client_check(p->r, client_id, client_seq, &seq, &result, &rlen);
+        if (dup == REPL_DUP_DONE) {
+            buf_append(out, result, rlen);
+            net_reply_done(reply);
+            kv_op_free(op);
+            return;
+        }
+        if (dup == REPL_ESTALE) {
+            resp_add_errorf(out,
+                            "ERR stale request: client %" PRIu64 " already wrote a later "
+                            "sequence number than %" PRIu64,
+                            client_id, client_seq);
+            net_reply_done(reply);
+            kv_op_free(op);
+            return;
+        }
     }
     const repl_entry *pend = repl_pending_get(p->r, op->key, op->klen);
     const void *cur = NULL;
@@ -453,8 +479,9 @@ static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply)
         net_reply_done(reply);
     } else {
         int type = res.write == KV_W_PUT ? REPL_E_PUT : REPL_E_DEL;
-        rc = repl_write(p->r, type, op->key, op->klen, res.value.data, res.value.len, 0, 0,
-                        res.reply.data, res.reply.len, (uint64_t)(uintptr_t)reply, NULL);
+        rc =
+            repl_write(p->r, type, op->key, op->klen, res.value.data, res.value.len, client_id,
+                       client_seq, res.reply.data, res.reply.len, (uint64_t)(uintptr_t)reply, NULL);
         if (rc) {
             if (rc == REPL_EBUSY)
                 resp_add_error(out, "TRYAGAIN too many writes in flight for this partition");
@@ -626,7 +653,7 @@ void dpart_map(dpart *dp, const cmap *m)
 
 bool dpart_is_data_command(const char *name, size_t len)
 {
-    return kv_kind_of(name, len) != 0 || is(name, len, "SEARCH.PART");
+    return kv_kind_of(name, len) != 0 || is(name, len, "SEARCH.PART") || is(name, len, "SEQ");
 }
 
 typedef struct fwd_ctx {
@@ -971,6 +998,35 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
         forwarded = true;
         argc--, argv++, argvlen++;
     }
+    /* SEQ client_id client_seq <write>: a write that may be retried and is
+     * applied once (the client table is replicated state, DESIGN section 6). */
+    int full_argc = argc;
+    char **full_argv = argv;
+    size_t *full_argvlen = argvlen;
+    uint64_t client_id = 0, client_seq = 0;
+    if (is(argv[0], argvlen[0], "SEQ")) {
+        char tmp[2][24];
+        char *end;
+        bool ok = argc >= 4;
+        for (int i = 0; ok && i < 2; i++) {
+            ok = argvlen[1 + i] > 0 && argvlen[1 + i] < sizeof tmp[i];
+            if (!ok) break;
+            memcpy(tmp[i], argv[1 + i], argvlen[1 + i]);
+            tmp[i][argvlen[1 + i]] = 0;
+            unsigned long long v = strtoull(tmp[i], &end, 10);
+            ok = *end == 0 && v > 0 && tmp[i][0] != '-';
+            if (i == 0)
+                client_id = v;
+            else
+                client_seq = v;
+        }
+        if (!ok || !kv_is_write(kv_kind_of(argv[3], argvlen[3]))) {
+            resp_add_error(net_reply_now(c), "ERR usage: SEQ client_id client_seq "
+                                             "PUT|DEL|CPUT|ADD ... (ids are positive integers)");
+            return;
+        }
+        argc -= 3, argv += 3, argvlen += 3;
+    }
     if (argc < 2) {
         resp_add_errorf(net_reply_now(c), "ERR wrong number of arguments for '%.*s'",
                         (int)argvlen[0], argv[0]);
@@ -978,7 +1034,12 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
     }
     const cmap_space *cs = cmap_space_find(dp->map, argv[1], argvlen[1]);
     if (!cs) {
-        kv_reply_nospace(net_reply_now(c), argv[1], argvlen[1]);
+        /* A space added a moment ago reaches daemons with the next map: ask
+         * for it now, and say which map this answer comes from. */
+        if (dp->o.want_map) dp->o.want_map(dp->o.report_arg);
+        resp_add_errorf(net_reply_now(c),
+                        "NOSPACE no such space '%.*s' (in map version %" PRIu64 " of this daemon)",
+                        (int)(argvlen[1] > 64 ? 64 : argvlen[1]), argv[1], dp->map->version);
         return;
     }
     int kind = kv_kind_of(argv[0], argvlen[0]);
@@ -1004,7 +1065,7 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
         if (forwarded)
             resp_add_error(net_reply_now(c), "TRYAGAIN this daemon is not the partition's primary");
         else
-            forward(dp, c, primary, argc, argv, argvlen);
+            forward(dp, c, primary, full_argc, full_argv, full_argvlen);
         return;
     }
     if (!dp->o.lease_ok(dp->o.lease_arg)) {
@@ -1052,10 +1113,12 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
         in->kind = IN_WRITE;
         in->op = op;
         in->reply = reply;
+        in->client_id = client_id;
+        in->client_seq = client_seq;
         enqueue(p, in);
         return;
     }
-    write_now(dp, p, op, reply);
+    write_now(dp, p, op, reply, client_id, client_seq);
     part_pump(dp, p);
 }
 

@@ -31,6 +31,8 @@ typedef struct dpart_opts {
      * repeats, like DAEMON.CAUGHT_UP) */
     void (*report)(void *arg, int argc, const char *const *argv);
     void *report_arg;
+    /* asks for a fresh cluster map (same arg as report) */
+    void (*want_map)(void *arg);
 } dpart_opts;
 
 /* Opens the store and listens on the peer port. -1 with a message on error. */

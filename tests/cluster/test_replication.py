@@ -228,3 +228,41 @@ def test_tolerate_0_partial_availability(cluster):
     for i in range(40):
         r = _call_retry(ds, "GET", "kv", "p%d" % i, timeout=20)
         assert isinstance(r, list) and r[1] == b"x", (i, r)
+
+
+def test_retried_add_is_applied_once(cluster):
+    """A write sent with SEQ client_id seq is applied once however often it is
+    retried, through any daemon and across a failover of its primary: the
+    client table is replicated state (DESIGN section 6)."""
+    cl, ds = _setup(cluster)
+    _wait_serving(ds)
+    assert _call_retry(ds, "PUT", "kv", "ctr", "n", "0") == "OK"
+    first = _call_retry(ds, "SEQ", "77", "1", "ADD", "kv", "ctr", "n", "5")
+    assert first == 5
+    for d in ds:  # retries through every daemon (forwarded to the primary)
+        assert d.call("SEQ", "77", "1", "ADD", "kv", "ctr", "n", "5") == 5
+    assert _call_retry(ds, "GET", "kv", "ctr")[3] == 5
+    # a newer write of the same client is applied; an older one is refused
+    assert _call_retry(ds, "SEQ", "77", "2", "ADD", "kv", "ctr", "n", "1") == 6
+    r = _call_retry(ds, "SEQ", "77", "1", "ADD", "kv", "ctr", "n", "5")
+    assert isinstance(r, RespError) and str(r).startswith("ERR stale request"), r
+    # the primary dies: the retry on the new primary is still answered once
+    primary = _primary_of(ds, "ctr")
+    primary.kill9()
+    r = _call_retry(ds, "SEQ", "77", "2", "ADD", "kv", "ctr", "n", "1", timeout=20)
+    assert r == 6, r
+    assert _call_retry(ds, "GET", "kv", "ctr")[3] == 6
+    assert _primary_of(ds, "ctr") is not primary
+    bad = _call_retry(ds, "SEQ", "77", "3", "GET", "kv", "ctr")
+    assert isinstance(bad, RespError) and str(bad).startswith("ERR usage: SEQ"), bad
+
+
+def _primary_of(daemons, key):
+    """The daemon serving key's partition: a FWD request is never forwarded
+    again, so only the primary answers it with the object."""
+    def find():
+        for d in daemons:
+            if d.live() and isinstance(d.try_call("FWD", "GET", "kv", key), list):
+                return d
+        return None
+    return wait_for(find, 15, "the primary of %r" % key)
