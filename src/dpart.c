@@ -571,6 +571,7 @@ static dp_part *part_open(dpart *dp, const cmap_space *cs, uint32_t part)
     store_txn_abort(&t);
     repl_opts ro;
     repl_opts_init(&ro, dp->o.self, cs->id, part);
+    if (dp->map->settings.log_retention) ro.retain_entries = dp->map->settings.log_retention;
     repl_persisted ps = {.epoch = p->meta.epoch,
                          .applied = p->meta.applied,
                          .base_seq = p->meta.base_seq,
