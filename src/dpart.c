@@ -692,8 +692,12 @@ static void on_forwarded(void *arg, const resp_reply *r, int status)
 {
     fwd_ctx *f = arg;
     buf *out = net_reply_buf(f->reply);
-    if (status < 0 || !r)
+    if (status == UV_ECONNREFUSED)
         resp_add_errorf(out, "TRYAGAIN the partition's primary at %s is unreachable from here",
+                        f->to);
+    else if (status < 0 || !r) /* it may have arrived before the connection failed */
+        resp_add_errorf(out, "TRYAGAIN the partition's primary at %s did not answer; the request "
+                             "may or may not have been applied",
                         f->to);
     else
         reply_encode(out, r);

@@ -442,7 +442,10 @@ def test_client_port_commands(env):
     assert c.cmd("QUIT") == "OK"
     assert c.is_closed(timeout=5)
     c.close()
-    assert f.count("CLUSTER.MAP") == 0
+    # a data command on a space the daemon does not know makes it ask the
+    # coordinator for a fresh map (the space may be new), at most once at a
+    # time per request burst
+    assert 1 <= f.count("CLUSTER.MAP") <= 8
 
 
 def test_identity_reused_after_restart(env):

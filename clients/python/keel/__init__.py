@@ -27,32 +27,155 @@ cached per space and refreshed once when a reply does not fit the cache (an
 unknown attribute, or a value of the wrong kind).
 
 Errors raise KeelError with .code (the server's code word, e.g. 'NOSPACE') and
-.message; connection problems raise KeelError with code 'CONNECTION'. After a
-connection problem the next call connects again; no request is ever re-sent
-automatically, so a write is never applied twice behind your back.
+.message; connection problems raise KeelError with code 'CONNECTION'.
 
-A Client or Admin may be shared between threads (calls are serialised); for
-parallel requests use one Client per thread.
+Standalone servers. After a connection problem the next call connects again;
+no request is ever re-sent automatically, so a write is never applied twice
+behind your back.
+
+Clusters. Client(host, port) and Admin(host, port) take the address of a
+standalone server, of any coordinator (the tutorial's
+keel.Client('127.0.0.1', 1982)) or of any daemon, and find the rest
+themselves. The first call asks that address INFO server what it is:
+
+  standalone   every command goes to it, as above.
+  coordinator  administration (SPACE.*, CLUSTER.*, and SPACE.DESCRIBE for the
+               schema cache) goes to the coordinators, learnt from
+               CLUSTER.STATUS, the leader first; data commands (PUT GET DEL
+               CPUT ADD SEARCH COUNT) go to a daemon listed ONLINE there (each
+               client starts at a random one). Any daemon forwards a request to
+               its partition's primary.
+  daemon       data commands go to that daemon while it works; the
+               coordinators are learnt from its INFO (# Lease section), and the
+               other daemons from CLUSTER.STATUS when it fails.
+
+PING, ECHO, INFO and QUIT always go to the address given.
+
+On a cluster a failed call is retried, for at most retry_timeout seconds
+(default 15) from its start: a server not yet tried in the call is tried at
+once, one already tried after a wait of 50 ms doubling up to 500 ms, and the
+daemon list is refreshed from a coordinator before every retry. Which errors
+are retried depends on the command:
+
+  administration     connection errors, TRYAGAIN (to the coordinator named in
+                     "leader is host:port", else the next) and NOQUORUM.
+                     add_space and rm_space are retried too: if a first attempt
+                     was applied but its answer lost, the retry answers ERR
+                     (the space exists) or NOSPACE.
+  get, search, count connection errors, TRYAGAIN and NOQUORUM, on the next
+                     ONLINE daemon.
+  put, delete        the same (both are idempotent). A delete retried after
+                     its first attempt was applied answers False.
+  cond_put,          only when the error says the write was not applied: a
+  atomic_add         connection that could not be made or was found closed
+                     before the request was sent (KeelError.unsent), NOQUORUM,
+                     or a TRYAGAIN that does not say the write "may or may
+                     not" have been applied nor that the primary was
+                     "unreachable" from the daemon that forwarded it (the
+                     write may have reached the primary). Otherwise the
+                     KeelError is raised and the write may or may not have
+                     been applied: the caller decides (read the object back).
+                     Exactly-once retries (each write sent as SEQ client_id
+                     client_seq <write>, which the daemons apply once however
+                     often it is retried; docs/cluster.md) are future work
+                     for this client: it does not send SEQ yet.
+  any data command   NOSPACE from a daemon while the coordinators know the
+                     space (its map is behind, e.g. just after add_space):
+                     retried; nothing was applied.
+
+UNAVAILABLE (a partition with no live replica) and every other error are
+raised at once; when retries run out the last error is raised. A retry gets
+at most the time left (at least 0.1 s) as its timeout; retry_timeout=0
+disables retries. Direct routing to primaries (CLUSTER.MAP) is not done: the
+daemons forward.
+
+A Client or Admin may be shared between threads (each connection serves one
+call at a time); for parallel requests use one Client per thread.
 
 Invariants:
   1. Every public method sends exactly the commands documented in
      docs/protocol.md for it (atomic_add: one ADD per attribute, in the order
-     given); nothing else is sent except SPACE.DESCRIBE for the schema cache.
+     given), re-sent only by the rules above; nothing else is sent except
+     SPACE.DESCRIBE (schema cache; whether a NOSPACE comes from a stale
+     daemon), one INFO server on first use, and on a cluster INFO lease to
+     daemons and CLUSTER.STATUS to coordinators (to learn addresses).
   2. A method either returns a value built from well-formed replies or raises
      KeelError; it never returns partial results silently.
+  3. ADD and CPUT are re-sent only after an error that says the previous
+     attempt was not applied, so this client never applies them twice.
+  4. Retries are bounded: no wait ends after the call's deadline, and no
+     attempt starts after it.
 """
+
+import json
+import random
+import threading
+import time
 
 from ._resp import Connection, KeelError, Status, to_bytes
 
-__all__ = ["Client", "Admin", "KeelError", "OPS", "parse_description"]
+__all__ = ["Client", "Admin", "KeelError", "OPS", "RETRY_TIMEOUT", "parse_description"]
 
 OPS = ("=", "<", "<=", ">", ">=")
+
+RETRY_TIMEOUT = 15.0         # default bound on one call's retries, seconds
+BACKOFF_FIRST = 0.05         # first wait before asking a server again
+BACKOFF_MAX = 0.5            # the wait doubles up to this
+MIN_ATTEMPT_TIMEOUT = 0.1    # a retry gets at least this long to answer
+SUSPECT_SECONDS = 2.0        # an address that failed is avoided this long
+DISCOVERY_SECONDS = 2.0      # bound on learning the cluster on first use
+
+# Data commands and how they may be retried (see the module documentation).
+_DATA_KINDS = {"GET": "read", "SEARCH": "read", "COUNT": "read",
+               "PUT": "idempotent", "DEL": "idempotent",
+               "ADD": "once", "CPUT": "once"}
+# Commands always answered by the address given.
+_LOCAL = ("PING", "ECHO", "INFO", "QUIT")
 
 _TYPES = ("string", "int", "float")
 
 
 def _text(b):
     return b.decode("utf-8", "surrogateescape")
+
+
+def _info_fields(text):
+    """name -> value for the 'name:value' lines of an INFO reply (the first
+    occurrence of a name wins)."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if sep and not name.startswith("#") and name not in out:
+            out[name] = value.strip()
+    return out
+
+
+def _parse_addr(text):
+    """'host:port' (or '[v6]:port') -> (host, port), or None."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host, int(port))
+
+
+def _leader_of(message):
+    """The address in a 'TRYAGAIN leader is host:port ...' message, or None."""
+    words = message.split()
+    if len(words) >= 3 and words[0] == "leader" and words[1] == "is":
+        return _parse_addr(words[2])
+    return None
+
+
+def _maybe_applied(message):
+    """True if a TRYAGAIN text leaves open whether a write was applied: the
+    primary lost its role mid-write ('may or may not'), or the daemon that
+    forwarded it lost the primary ('unreachable': the write may have reached
+    it before the connection broke)."""
+    m = message.lower()
+    return "may or may not" in m or "unreachable" in m
 
 
 def _check(reply):
@@ -96,14 +219,31 @@ class _Schema:
 
 
 class _Base:
-    def __init__(self, host="127.0.0.1", port=2012, timeout=10.0):
+    def __init__(self, host="127.0.0.1", port=2012, timeout=10.0,
+                 retry_timeout=RETRY_TIMEOUT):
         self.host = host
         self.port = port
+        self.timeout = timeout
+        self.retry_timeout = retry_timeout
         self._conn = Connection(host, port, timeout)
+        self._seed = (host, int(port))
+        self._lock = threading.RLock()   # guards everything below
+        self._mode = None                # learnt from INFO server on first use
+        self._conns = {}                 # (host, port) -> Connection (cluster)
+        self._coords = []                # coordinator client addresses
+        self._cidx = 0                   # the coordinator to ask next
+        self._daemons = []               # daemons to send data commands to
+        self._didx = 0                   # the daemon to ask next
+        self._suspect = {}               # address -> monotonic time it failed
+        self._daemons_known = False      # _daemons came from CLUSTER.STATUS
 
     def close(self):
-        """Closes the connection (a later call opens a new one)."""
+        """Closes every connection (a later call opens new ones)."""
+        with self._lock:
+            conns = list(self._conns.values())
         self._conn.close()
+        for c in conns:
+            c.close()
 
     def __enter__(self):
         return self
@@ -112,10 +252,18 @@ class _Base:
         self.close()
         return False
 
+    @property
+    def mode(self):
+        """What the address given is: 'standalone', 'coordinator' or
+        'daemon' (asked with INFO server on first use)."""
+        return self._discover()
+
     def execute(self, *args):
         """Sends one raw command; returns the reply (Status for +..., int,
-        bytes, None, list) or raises KeelError for an error reply."""
-        return _check(self._conn.call(*args))
+        bytes, None, list) or raises KeelError for an error reply. On a
+        cluster the command goes where its name says (see the module
+        documentation) and is retried by the same rules."""
+        return _check(self._call(args))
 
     def ping(self):
         """True if the server answers PONG."""
@@ -128,12 +276,296 @@ class _Base:
         _expect(isinstance(r, Status) and r == "OK", "%s answered %r" % (args[0], r))
         return True
 
+    # -- routing ------------------------------------------------------------
+
+    def _call(self, args):
+        """Sends args where they belong; returns the reply, or the error as
+        a KeelError value (standalone: connection errors are raised, as
+        Connection.call does)."""
+        name = _text(to_bytes(args[0])).upper() if args else ""
+        if not args or name in _LOCAL:
+            return self._conn.call(*args)
+        if self._discover() == "standalone":
+            return self._conn.call(*args)
+        kind = _DATA_KINDS.get(name)
+        if kind is None:
+            return self._coord_call(args, time.monotonic() + self.retry_timeout, True)
+        return self._data_call(kind, args)
+
+    def _discover(self):
+        with self._lock:
+            if self._mode is not None:
+                return self._mode
+            r = self._conn.call("INFO", "server")
+            mode = "standalone"
+            if isinstance(r, bytes):
+                m = _info_fields(_text(r)).get("mode")
+                if m in ("coordinator", "daemon"):
+                    mode = m
+            if mode != "standalone":
+                self._conn.check_before_send = True
+                self._conns[self._seed] = self._conn
+                if mode == "coordinator":
+                    self._coords = [self._seed]
+                else:
+                    self._daemons = [self._seed]
+            self._mode = mode
+        # Learn the rest at once, so that the address given may fail later
+        # (best effort, bounded; calls retry on their own).
+        deadline = time.monotonic() + DISCOVERY_SECONDS
+        if mode == "coordinator":
+            self._refresh(deadline)
+        elif mode == "daemon":
+            self._learn_coords_from_daemons(deadline)
+        return mode
+
+    def _conn_for(self, addr):
+        with self._lock:
+            c = self._conns.get(addr)
+            if c is None:
+                c = Connection(addr[0], addr[1], self.timeout)
+                c.check_before_send = True
+                self._conns[addr] = c
+            return c
+
+    def _attempt(self, addr, args, deadline, first):
+        """One try of args at addr; the reply or the error as a value."""
+        if first:
+            t = self.timeout
+        else:
+            t = min(self.timeout, max(deadline - time.monotonic(), MIN_ATTEMPT_TIMEOUT))
+        try:
+            return self._conn_for(addr).call(*args, timeout=t)
+        except KeelError as e:
+            if e.code == "CONNECTION":
+                with self._lock:
+                    self._suspect[addr] = time.monotonic()
+            return e
+
+    @staticmethod
+    def _pick(addrs, idx, suspect):
+        """The index to use: idx, or the next address not suspect (failed
+        within SUSPECT_SECONDS) when idx is suspect and another is not."""
+        now = time.monotonic()
+        for i in range(len(addrs)):
+            j = (idx + i) % len(addrs)
+            t = suspect.get(addrs[j])
+            if t is None or now - t >= SUSPECT_SECONDS:
+                return j
+        return idx % len(addrs)
+
+    def _current(self, which):
+        with self._lock:
+            addrs = self._coords if which == "coord" else self._daemons
+            if not addrs:
+                return None
+            idx = self._pick(addrs, self._cidx if which == "coord" else self._didx,
+                             self._suspect)
+            if which == "coord":
+                self._cidx = idx
+            else:
+                self._didx = idx
+            return addrs[idx]
+
+    def _advance(self, which, addr):
+        """Moves past addr if it is still the current one."""
+        with self._lock:
+            addrs = self._coords if which == "coord" else self._daemons
+            if which == "coord":
+                if addrs and addrs[self._cidx % len(addrs)] == addr:
+                    self._cidx = (self._cidx + 1) % len(addrs)
+            elif addrs and addrs[self._didx % len(addrs)] == addr:
+                self._didx = (self._didx + 1) % len(addrs)
+
+    def _is_suspect(self, addr):
+        with self._lock:
+            t = self._suspect.get(addr)
+            return t is not None and time.monotonic() - t < SUSPECT_SECONDS
+
+    def _redirect(self, addr):
+        """Makes addr (a coordinator named as leader) the current one."""
+        with self._lock:
+            if addr not in self._coords:
+                self._coords.append(addr)
+            self._cidx = self._coords.index(addr)
+
+    @staticmethod
+    def _backoff(addr, tried, delay, deadline):
+        """Waits before the next attempt: not at all if addr was not tried in
+        this call, else delay (at most until the deadline). Returns the next
+        delay, or None when the deadline has passed."""
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        if addr is not None and addr not in tried:
+            return delay
+        time.sleep(min(delay, deadline - now))
+        return min(delay * 2, BACKOFF_MAX)
+
+    def _coord_call(self, args, deadline, first=False, one_pass=False):
+        """args to the coordinators, failing over between them. With
+        one_pass, gives up instead of going back to a coordinator already
+        tried."""
+        if not self._coords:
+            err = self._learn_coords_from_daemons(deadline)
+            if err is not None:
+                return err
+        if not first and time.monotonic() >= deadline:
+            return KeelError("CONNECTION", "no time left to ask a coordinator", unsent=True)
+        tried = set()
+        delay = BACKOFF_FIRST
+        while True:
+            addr = self._current("coord")
+            r = self._attempt(addr, args, deadline, first)
+            first = False
+            tried.add(addr)
+            if not isinstance(r, KeelError):
+                return r
+            leader = _leader_of(r.message) if r.code == "TRYAGAIN" else None
+            if leader is not None and leader != addr and not self._is_suspect(leader):
+                self._redirect(leader)
+            elif r.code in ("CONNECTION", "TRYAGAIN", "NOQUORUM"):
+                self._advance("coord", addr)
+            else:
+                return r
+            nxt = self._current("coord")
+            if one_pass and nxt in tried:
+                return r
+            delay = self._backoff(nxt, tried, delay, deadline)
+            if delay is None:
+                return r
+
+    def _learn_coords_from_daemons(self, deadline):
+        """Asks the daemons known (the address given first) INFO lease for
+        the coordinators' addresses. None when learnt, else the error."""
+        with self._lock:
+            daemons = [self._seed] + [d for d in self._daemons if d != self._seed]
+        err = KeelError("CONNECTION", "no coordinator known", unsent=True)
+        for addr in daemons:
+            r = self._attempt(addr, ("INFO", "lease"), deadline, False)
+            if isinstance(r, KeelError):
+                err = r
+                continue
+            if not isinstance(r, bytes):
+                continue
+            fields = _info_fields(_text(r))
+            coords = []
+            for a in [fields.get("coordinator", "")] + fields.get("coordinators", "").split(","):
+                a = _parse_addr(a)
+                if a is not None and a not in coords:
+                    coords.append(a)
+            if coords:
+                with self._lock:
+                    if not self._coords:
+                        self._coords = coords
+                        self._cidx = 0
+                return None
+        return KeelError(err.code, "cannot find a coordinator through the daemons: %s"
+                         % err.message)
+
+    def _refresh(self, deadline):
+        """Replaces the coordinator and daemon lists with CLUSTER.STATUS,
+        asking each coordinator at most once. None when done, else the error
+        (the lists are then kept)."""
+        r = self._coord_call(("CLUSTER.STATUS",), deadline, one_pass=True)
+        if isinstance(r, KeelError):
+            return r
+        try:
+            st = json.loads(_text(r))
+            coords, daemons, has_leader = [], [], False
+            for c in st.get("coordinators", []):
+                a = _parse_addr(c.get("address", ""))
+                if a is None:
+                    continue
+                if c.get("role") == "leader" and not has_leader:
+                    coords.insert(0, a)
+                    has_leader = True
+                else:
+                    coords.append(a)
+            for d in st.get("daemons", []):
+                a = _parse_addr(d.get("address", ""))
+                if a is not None and d.get("state") == "ONLINE":
+                    daemons.append(a)
+        except (ValueError, TypeError, AttributeError):
+            return KeelError("CONNECTION", "unexpected reply: CLUSTER.STATUS answered %s"
+                             % repr(r)[:200])
+        with self._lock:
+            if coords:
+                # Administration goes to the leader first (followers forward).
+                cur = self._coords[self._cidx % len(self._coords)] if self._coords else None
+                self._coords = coords
+                self._cidx = coords.index(cur) if cur in coords and not has_leader else 0
+            cur = self._daemons[self._didx % len(self._daemons)] if self._daemons else None
+            if self._mode == "daemon" and self._seed in daemons:
+                daemons.remove(self._seed)
+                daemons.insert(0, self._seed)
+            if cur in daemons:
+                idx = daemons.index(cur)
+            elif daemons and not self._daemons_known and self._mode == "coordinator":
+                idx = random.randrange(len(daemons))  # spread clients over daemons
+            else:
+                idx = 0
+            self._daemons = daemons
+            self._didx = idx
+            self._daemons_known = True
+        return None
+
+    def _data_call(self, kind, args):
+        """A data command to the daemons, retried by the rules in the module
+        documentation."""
+        deadline = time.monotonic() + self.retry_timeout
+        why = None  # why the daemon list could not be refreshed
+        if self._mode == "coordinator" and not self._daemons_known:
+            why = self._refresh(deadline)
+        tried = set()
+        delay = BACKOFF_FIRST
+        first = True
+        space_known = False
+        while True:
+            addr = self._current("daemon")
+            if addr is None:
+                r = KeelError("CONNECTION", "no ONLINE daemon is known" +
+                              (" (the coordinators answered: %s)" % why if why else ""),
+                              unsent=True)
+            else:
+                r = self._attempt(addr, args, deadline, first)
+                first = False
+                tried.add(addr)
+                if not isinstance(r, KeelError):
+                    return r
+            if r.code == "CONNECTION":
+                retry = kind != "once" or r.unsent
+            elif r.code == "TRYAGAIN":
+                retry = kind != "once" or not _maybe_applied(r.message)
+            elif r.code == "NOQUORUM":
+                retry = True
+            elif r.code == "NOSPACE" and len(args) > 1:
+                # A daemon answers NOSPACE for a space it has not heard of
+                # yet; the coordinators know better. Nothing was applied.
+                space_known = space_known or self._space_exists(args[1], deadline)
+                retry = space_known
+            else:
+                retry = False
+            if not retry or time.monotonic() >= deadline:
+                return r
+            if addr is not None:
+                self._advance("daemon", addr)
+            why = self._refresh(deadline)
+            delay = self._backoff(self._current("daemon"), tried, delay, deadline)
+            if delay is None:
+                return r
+
+    def _space_exists(self, space, deadline):
+        r = self._coord_call(("SPACE.DESCRIBE", space), deadline)
+        return isinstance(r, bytes)
+
 
 class Client(_Base):
     """Data operations on spaces. See the module documentation."""
 
-    def __init__(self, host="127.0.0.1", port=2012, timeout=10.0):
-        super().__init__(host, port, timeout)
+    def __init__(self, host="127.0.0.1", port=2012, timeout=10.0,
+                 retry_timeout=RETRY_TIMEOUT):
+        super().__init__(host, port, timeout, retry_timeout)
         self._schemas = {}
 
     # -- schema cache -------------------------------------------------------
@@ -222,7 +654,7 @@ class Client(_Base):
         value. True if applied, False if the condition did not hold
         (CMPFAIL). Raises KeelError 'NOTFOUND' if the object does not exist."""
         args = ["CPUT", space, key, "IF"] + self._pairs(condition) + ["SET"] + self._pairs(attrs)
-        r = self._conn.call(*args)
+        r = self._call(args)
         if isinstance(r, KeelError) and r.code == "CMPFAIL":
             return False
         r = _check(r)
@@ -306,3 +738,15 @@ class Admin(_Base):
 
     def config_set(self, name, value):
         return self._ok("CLUSTER.CONFIG", "SET", name, value)
+
+    def cluster_status(self):
+        """CLUSTER.STATUS as a dict (coordinators, daemons, spaces,
+        settings; see docs/coordinator.md). Clusters only."""
+        r = self.execute("CLUSTER.STATUS")
+        _expect(isinstance(r, bytes), "CLUSTER.STATUS answered %r" % (r,))
+        try:
+            st = json.loads(_text(r))
+        except ValueError:
+            st = None
+        _expect(isinstance(st, dict), "CLUSTER.STATUS answered %r" % (r[:200],))
+        return st

@@ -18,11 +18,17 @@ Invariants:
      that) and raises KeelError('CONNECTION', ...). The next call connects
      again; a request is never re-sent on its own, so a write is never applied
      twice behind the caller's back.
-  2. Nothing is trusted from the server: lengths are checked against
+  2. A CONNECTION error raised before any byte of the request was written
+     (the connection could not be made, or a pooled socket was found closed
+     by the server before sending) has .unsent True: the server cannot have
+     seen the request. Any other CONNECTION error has .unsent False: the
+     request may or may not have reached the server.
+  3. Nothing is trusted from the server: lengths are checked against
      MAX_REPLY_BULK and nesting against MAX_REPLY_DEPTH before anything is
      buffered or recursed into.
 """
 
+import select
 import socket
 import threading
 
@@ -37,13 +43,15 @@ class KeelError(Exception):
     .code is the server's code word ('ERR', 'NOSPACE', 'NOATTR', 'WRONGTYPE',
     'CMPFAIL', 'NOTFOUND', 'OVERFLOW', 'IOERR', ...) or 'CONNECTION' when the
     server could not be reached or the connection broke. .message is the text
-    after the code word.
+    after the code word. .unsent is True only for a CONNECTION error raised
+    before the request was sent (so it cannot have been applied).
     """
 
-    def __init__(self, code, message=""):
+    def __init__(self, code, message="", unsent=False):
         super().__init__(code, message)
         self.code = code
         self.message = message
+        self.unsent = unsent
 
     def __str__(self):
         return "%s %s" % (self.code, self.message) if self.message else self.code
@@ -94,25 +102,32 @@ def encode_command(args):
 
 class Connection:
     """One blocking TCP connection speaking RESP2. Safe to share between
-    threads (calls are serialised by a lock)."""
+    threads (calls are serialised by a lock).
+
+    With check_before_send set, a pooled socket is first checked (without
+    blocking) for an end of stream or stray bytes from the server; such a
+    socket is replaced by a new connection before the request is written, so
+    a server that went away since the last call gives an .unsent error."""
 
     def __init__(self, host, port, timeout=10.0):
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.check_before_send = False
         self._sock = None
         self._buf = bytearray()
         self._pos = 0
+        self._call_timeout = timeout
         self._lock = threading.Lock()
 
     # -- connection management ------------------------------------------------
 
-    def _connect(self):
+    def _connect(self, timeout):
         try:
-            s = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            s = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as e:
             raise KeelError("CONNECTION", "cannot connect to %s:%s: %s"
-                            % (self.host, self.port, e)) from None
+                            % (self.host, self.port, e), unsent=True) from None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = s
         self._buf = bytearray()
@@ -136,21 +151,39 @@ class Connection:
         self._drop()
         raise KeelError("CONNECTION", what)
 
+    def _stale(self):
+        """True if the pooled socket has an end of stream, an error or
+        unexpected bytes waiting (checked without blocking)."""
+        try:
+            p = select.poll()
+            p.register(self._sock, select.POLLIN)
+            if not p.poll(0):
+                return False
+        except (OSError, ValueError):
+            return True
+        return True  # an end of stream, an error, or bytes nobody asked for
+
     # -- requests ---------------------------------------------------------------
 
-    def call(self, *args):
+    def call(self, *args, timeout=None):
         """Sends one command and returns its reply (error replies are
-        returned as KeelError values, not raised)."""
-        return self.call_many([args])[0]
+        returned as KeelError values, not raised). timeout (seconds) replaces
+        the connection's timeout for this call only."""
+        return self.call_many([args], timeout)[0]
 
-    def call_many(self, commands):
+    def call_many(self, commands, timeout=None):
         """Sends every command in one write (pipelining) and returns their
         replies in order."""
         data = b"".join(encode_command(c) for c in commands)
+        t = self.timeout if timeout is None else timeout
         with self._lock:
+            if self._sock is not None and self.check_before_send and self._stale():
+                self._drop()
             if self._sock is None:
-                self._connect()
+                self._connect(t)
+            self._call_timeout = t
             try:
+                self._sock.settimeout(t)
                 self._sock.sendall(data)
             except OSError as e:
                 self._fail("send to %s:%s failed: %s" % (self.host, self.port, e))
@@ -168,7 +201,8 @@ class Connection:
         try:
             chunk = self._sock.recv(_READ_CHUNK)
         except socket.timeout:
-            self._fail("no reply from %s:%s within %ss" % (self.host, self.port, self.timeout))
+            self._fail("no reply from %s:%s within %ss"
+                       % (self.host, self.port, self._call_timeout))
         except OSError as e:
             self._fail("receive from %s:%s failed: %s" % (self.host, self.port, e))
         if not chunk:
