@@ -696,8 +696,9 @@ static void on_forwarded(void *arg, const resp_reply *r, int status)
         resp_add_errorf(out, "TRYAGAIN the partition's primary at %s is unreachable from here",
                         f->to);
     else if (status < 0 || !r) /* it may have arrived before the connection failed */
-        resp_add_errorf(out, "TRYAGAIN the partition's primary at %s did not answer; the request "
-                             "may or may not have been applied",
+        resp_add_errorf(out,
+                        "TRYAGAIN the partition's primary at %s did not answer; the request "
+                        "may or may not have been applied",
                         f->to);
     else
         reply_encode(out, r);
