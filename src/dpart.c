@@ -294,8 +294,13 @@ static void handle_events(dpart *dp, dp_part *p, const repl_ready *rd)
                      p->part, e->epoch);
             break;
         case REPL_EV_NEED_COPY:
-            log_warn("partition %u/%u: daemon %" PRIu64 " needs a full copy (not implemented yet)",
-                     p->space, p->part, e->peer);
+            /* This version replays logs only (docs/status.md): the replica
+             * stays CATCHING_UP and the partition DEGRADED, which keel status
+             * shows; nothing acknowledged is at risk. */
+            log_error("event=full_copy_needed space=%u partition=%u daemon=%" PRIu64
+                      ": its log position is older than this primary's retained log; this "
+                      "version cannot send full copies, so it stays catching up",
+                      p->space, p->part, e->peer);
             break;
         case REPL_EV_CAUGHT_UP: {
             log_notice("event=replica_caught_up space=%u partition=%u daemon=%" PRIu64

@@ -22,6 +22,7 @@ struct net_reply {
     buf data;
     bool done;
     bool close_after;
+    size_t counted; /* bytes of data counted in c->slot_bytes */
 };
 
 struct net_conn {
@@ -37,6 +38,8 @@ struct net_conn {
     uv_write_t wreq;
     net_reply *head, *tail; /* reply slots, oldest first */
     unsigned outstanding;   /* slots not yet done */
+    size_t slot_bytes;      /* reply bytes held in slots (counted when final) */
+    net_reply *uncounted;   /* the newest net_reply_now slot: its bytes come after */
     void *data;
     bool writing;
     bool reading;
@@ -129,13 +132,26 @@ static net_reply *slot_new(net_conn *c, bool done)
     return r;
 }
 
+/* Counts the bytes of a slot whose data is final. */
+static void count_slot(net_conn *c, net_reply *r)
+{
+    if (c->uncounted == r) c->uncounted = NULL;
+    c->slot_bytes += r->data.len - r->counted;
+    r->counted = r->data.len;
+}
+
 buf *net_reply_now(net_conn *c)
 {
     if (!c->head) {
         mark_dirty(c);
         return &c->out;
     }
-    return &slot_new(c, true)->data;
+    /* the caller appends the reply after this returns: the slot's size is
+     * counted at the next net_reply_now or when the request is done */
+    if (c->uncounted) count_slot(c, c->uncounted);
+    net_reply *r = slot_new(c, true);
+    c->uncounted = r;
+    return &r->data;
 }
 
 net_reply *net_reply_defer(net_conn *c)
@@ -155,6 +171,8 @@ static void drain_slots(net_conn *c)
         net_reply *r = c->head;
         c->head = r->next;
         if (!c->head) c->tail = NULL;
+        if (c->uncounted == r) c->uncounted = NULL;
+        c->slot_bytes -= r->counted;
         if (!c->closing) {
             buf_append(&c->out, r->data.data, r->data.len);
             if (r->close_after) c->close_after_flush = true;
@@ -170,6 +188,7 @@ void net_reply_done(net_reply *r)
     net_conn *c = r->c;
     r->done = true;
     c->outstanding--;
+    count_slot(c, r);
     drain_slots(c);
 }
 
@@ -247,12 +266,11 @@ static void start_reading(net_conn *c)
         conn_close(c);
 }
 
-static size_t queued_output(const net_conn *c)
+/* Reply bytes waiting for the client: O(1), so a long pipeline is linear. */
+static size_t queued_output(net_conn *c)
 {
-    size_t n = c->out.len + c->wbuf.len;
-    for (const net_reply *r = c->head; r; r = r->next)
-        n += r->data.len;
-    return n;
+    if (c->uncounted) count_slot(c, c->uncounted);
+    return c->out.len + c->wbuf.len + c->slot_bytes;
 }
 
 static void process(net_conn *c)
