@@ -116,7 +116,7 @@ fi
 [ "$(timeout 10 redis-cli -p "$PORT" SPACE.ADD space kv key k attributes v)" = OK ] || fail "SPACE.ADD"
 
 VALUE=$(head -c "$DATA" /dev/zero | tr '\0' x)
-echo "keel $("$WORK/keel" version 2>&1 | head -n1), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none), sha256 $(sha256sum "$WORK/keel" | cut -c1-12), --sync $SYNC, pid $KPID"
+echo "$("$WORK/keel" version 2>&1 | head -n1), binary $KEEL (sha256 $(sha256sum "$WORK/keel" | cut -c1-12), modified $(date -u -r "$KEEL" +%Y-%m-%dT%H:%M:%SZ)), tree at commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none), --sync $SYNC, pid $KPID"
 
 for p in $PIPELINES; do
     case "$p" in ''|*[!0-9]*|0) fail "PIPELINES must hold positive integers" ;; esac

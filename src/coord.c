@@ -766,32 +766,6 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- forwarding to the leader --------------------------------------------------------- */
 
-static void reply_encode(buf *out, const resp_reply *r)
-{
-    switch (r->type) {
-    case RESP_R_STATUS:
-        resp_add_simple(out, r->str);
-        break;
-    case RESP_R_ERROR:
-        resp_add_error(out, r->str);
-        break;
-    case RESP_R_INT:
-        resp_add_int(out, r->integer);
-        break;
-    case RESP_R_BULK:
-        resp_add_bulk(out, r->str, r->len);
-        break;
-    case RESP_R_NIL:
-        resp_add_nil(out);
-        break;
-    case RESP_R_ARRAY:
-        resp_add_array(out, (long long)r->elements);
-        for (size_t i = 0; i < r->elements; i++)
-            reply_encode(out, r->element[i]);
-        break;
-    }
-}
-
 typedef struct fwd_ctx {
     coord *co;
     net_reply *reply;
@@ -805,7 +779,7 @@ static void on_forwarded(void *arg, const resp_reply *r, int status)
     if (status < 0 || !r)
         resp_add_errorf(out, "TRYAGAIN leader is %s (unreachable from here)", f->leader);
     else
-        reply_encode(out, r);
+        resp_reply_encode(out, r);
     net_reply_done(f->reply);
     free(f);
 }
@@ -1695,12 +1669,6 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_stop(&co->loop);
 }
 
-static void close_walk(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h)) uv_close(h, NULL);
-}
-
 static int coord_run(coord_opts *o, int ready_fd)
 {
     coord *co = calloc(1, sizeof *co);
@@ -1779,9 +1747,7 @@ err_out:
     for (size_t i = 0; i < co->npeers; i++)
         rclient_close(co->peers[i].raft);
     if (co->fwd) rclient_close(co->fwd);
-    uv_walk(&co->loop, close_walk, NULL);
-    uv_run(&co->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&co->loop);
+    proc_loop_close(&co->loop);
     if (co->r) raft_free(co->r);
     rstore_close(co->rs);
     cmap_free(co->map);
@@ -1808,18 +1774,6 @@ static void usage(void)
             "  --peer-port PORT          Raft port (default: client port + 10000)\n"
             "  --tick-ms N               Raft tick (default 100; election after 10-20 ticks)\n"
             "  --snapshot-every N        compact the Raft log every N applied entries (10000)\n");
-}
-
-static int port_arg(const char *flag, const char *v, int *out)
-{
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*v == 0 || *end || n < 1 || n > 65535) {
-        fprintf(stderr, "keel: %s needs a port in 1..65535, got '%s'\n", flag, v);
-        return -1;
-    }
-    *out = (int)n;
-    return 0;
 }
 
 int coord_main(int argc, char **argv)
@@ -1855,7 +1809,7 @@ int coord_main(int argc, char **argv)
             o.host = optarg;
             break;
         case 'p':
-            if (port_arg("--listen-port", optarg, &o.port)) return 2;
+            if (proc_parse_port("--listen-port", optarg, &o.port)) return 2;
             break;
         case 'D':
             o.dir = optarg;
@@ -1864,13 +1818,13 @@ int coord_main(int argc, char **argv)
             o.join_host = optarg;
             break;
         case 'P':
-            if (port_arg("--connect-port", optarg, &o.join_port)) return 2;
+            if (proc_parse_port("--connect-port", optarg, &o.join_port)) return 2;
             break;
         case OPT_PEER_LISTEN:
             o.peer_host = optarg;
             break;
         case OPT_PEER_PORT:
-            if (port_arg("--peer-port", optarg, &o.peer_port)) return 2;
+            if (proc_parse_port("--peer-port", optarg, &o.peer_port)) return 2;
             break;
         case OPT_TICK: {
             char *end;

@@ -90,19 +90,6 @@ void daemon_usage(void)
             "  -D, --data DIR               data directory (default keel-daemon-data)\n");
 }
 
-static int parse_port(const char *flag, const char *v, int *out)
-{
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || end == v || *end || v[0] == '-' || v[0] == '+' || n < 1 || n > 65535) {
-        fprintf(stderr, "keel: %s needs a port number in 1..65535, got '%s'\n", flag, v);
-        return -1;
-    }
-    *out = (int)n;
-    return 0;
-}
-
 static bool is_ip_literal(const char *h)
 {
     struct sockaddr_in a4;
@@ -140,19 +127,19 @@ int daemon_parse_args(int argc, char **argv, daemon_opts *o)
             o->host = optarg;
             break;
         case 'p':
-            if (parse_port("--listen-port", optarg, &o->port)) return 2;
+            if (proc_parse_port("--listen-port", optarg, &o->port)) return 2;
             break;
         case 'c':
             o->coord_host = optarg;
             break;
         case 'P':
-            if (parse_port("--coordinator-port", optarg, &o->coord_port)) return 2;
+            if (proc_parse_port("--coordinator-port", optarg, &o->coord_port)) return 2;
             break;
         case 'D':
             o->dir = optarg;
             break;
         case OPT_PEER:
-            if (parse_port("--peer-port", optarg, &o->peer_port)) return 2;
+            if (proc_parse_port("--peer-port", optarg, &o->peer_port)) return 2;
             break;
         case OPT_HELP:
             o->help = true;
@@ -1487,12 +1474,6 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
 
 /* ---- start-up --------------------------------------------------------------------------- */
 
-static void close_walk(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h)) uv_close(h, NULL);
-}
-
 static int daemon_run(const daemon_opts *o, int ready_fd)
 {
     dstate *d = calloc(1, sizeof *d);
@@ -1569,9 +1550,7 @@ err_after_lock:
     if (d->lock_fd >= 0) close(d->lock_fd);
 err_after_loop:
     if (d->net) net_server_close(d->net);
-    uv_walk(&d->loop, close_walk, NULL);
-    uv_run(&d->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&d->loop);
+    proc_loop_close(&d->loop);
     if (err[0]) {
         log_error("cannot start: %s", err);
         report_ready(d, false, err);

@@ -667,32 +667,6 @@ typedef struct fwd_ctx {
     char to[96];
 } fwd_ctx;
 
-static void reply_encode(buf *out, const resp_reply *r)
-{
-    switch (r->type) {
-    case RESP_R_STATUS:
-        resp_add_simple(out, r->str);
-        break;
-    case RESP_R_ERROR:
-        resp_add_error(out, r->str);
-        break;
-    case RESP_R_INT:
-        resp_add_int(out, r->integer);
-        break;
-    case RESP_R_BULK:
-        resp_add_bulk(out, r->str, r->len);
-        break;
-    case RESP_R_NIL:
-        resp_add_nil(out);
-        break;
-    case RESP_R_ARRAY:
-        resp_add_array(out, (long long)r->elements);
-        for (size_t i = 0; i < r->elements; i++)
-            reply_encode(out, r->element[i]);
-        break;
-    }
-}
-
 static void on_forwarded(void *arg, const resp_reply *r, int status)
 {
     fwd_ctx *f = arg;
@@ -706,7 +680,7 @@ static void on_forwarded(void *arg, const resp_reply *r, int status)
                         "may or may not have been applied",
                         f->to);
     else
-        reply_encode(out, r);
+        resp_reply_encode(out, r);
     net_reply_done(f->reply);
     free(f);
 }
@@ -758,7 +732,7 @@ static void gather_add(gather *g, const resp_reply *r)
         return;
     }
     for (size_t i = 0; i < r->elements && g->found < g->limit; i++) {
-        reply_encode(&g->body, r->element[i]);
+        resp_reply_encode(&g->body, r->element[i]);
         g->found++;
     }
 }

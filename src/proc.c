@@ -7,7 +7,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <stdlib.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "log.h"
 
@@ -118,4 +120,30 @@ void proc_remove_pid(const char *dir)
     char path[4096];
     snprintf(path, sizeof path, "%s/keel.pid", dir);
     unlink(path);
+}
+
+static void close_one(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void proc_loop_close(uv_loop_t *loop)
+{
+    uv_walk(loop, close_one, NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+}
+
+int proc_parse_port(const char *flag, const char *v, int *out)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-' || v[0] == '+' || n < 1 || n > 65535) {
+        fprintf(stderr, "keel: %s needs a port number in 1..65535, got '%s'\n", flag, v);
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
 }

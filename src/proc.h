@@ -25,4 +25,11 @@ int proc_lock_dir(const char *dir, char *err, size_t errlen);
 void proc_write_pid(const char *dir);
 void proc_remove_pid(const char *dir);
 
+/* Closes every handle of loop, runs their close callbacks, closes the loop. */
+struct uv_loop_s;
+void proc_loop_close(struct uv_loop_s *loop);
+/* Parses a port number for flag (1..65535); prints a message and returns -1
+ * if v is not one. */
+int proc_parse_port(const char *flag, const char *v, int *out);
+
 #endif

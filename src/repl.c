@@ -58,23 +58,23 @@
 
 /* Side data of a log entry (same index as the entry). */
 typedef struct slot {
-    uint8_t *mem;   /* owned copy of key | value | result */
-    uint64_t *ctx;  /* primary: client contexts waiting for the entry */
+    uint8_t *mem;  /* owned copy of key | value | result */
+    uint64_t *ctx; /* primary: client contexts waiting for the entry */
     uint32_t nctx, capctx;
 } slot;
 
 /* Primary's view of one other replica. */
 typedef struct peer {
     uint64_t id;
-    uint8_t state;        /* enum repl_replica_state */
-    uint64_t match;       /* highest seq known equal to my log (this epoch) */
-    uint64_t next;        /* next seq to send */
-    bool counts;          /* counts for commit */
-    bool reported;        /* CAUGHT_UP reported in this epoch */
-    bool copy;            /* needs a full copy; NEED_COPY emitted */
-    bool want_probe;      /* send an empty APPEND at the next flush */
-    uint64_t copy_tick;   /* tick of the last NEED_COPY */
-    uint64_t sent_commit; /* commit point last sent */
+    uint8_t state;          /* enum repl_replica_state */
+    uint64_t match;         /* highest seq known equal to my log (this epoch) */
+    uint64_t next;          /* next seq to send */
+    bool counts;            /* counts for commit */
+    bool reported;          /* CAUGHT_UP reported in this epoch */
+    bool copy;              /* needs a full copy; NEED_COPY emitted */
+    bool want_probe;        /* send an empty APPEND at the next flush */
+    uint64_t copy_tick;     /* tick of the last NEED_COPY */
+    uint64_t sent_commit;   /* commit point last sent */
     uint64_t progress_tick; /* tick of the last send or ack progress */
 } peer;
 
@@ -109,7 +109,7 @@ struct repl_part {
     size_t applied_bytes; /* accounted bytes of entries base+1 .. applied */
     uint64_t stable;      /* last seq handed to storage */
     uint64_t commit, applied;
-    uint64_t serve_from;  /* primary: seq of the epoch-start NOOP */
+    uint64_t serve_from; /* primary: seq of the epoch-start NOOP */
     bool serving_reported;
     /* primary */
     peer peers[REPL_MAX_REPLICAS];
@@ -187,7 +187,8 @@ static bool bytes_eq(const uint8_t *a, uint32_t alen, const void *b, size_t blen
 static bool entry_fields_ok(const repl_entry *e, uint64_t max_epoch)
 {
     if (e->seq == 0 || e->epoch == 0 || e->epoch > max_epoch) return false;
-    if (e->klen > REPL_MAX_KEY || e->vlen > REPL_MAX_VALUE || e->rlen > REPL_MAX_RESULT) return false;
+    if (e->klen > REPL_MAX_KEY || e->vlen > REPL_MAX_VALUE || e->rlen > REPL_MAX_RESULT)
+        return false;
     if ((e->klen && !e->key) || (e->vlen && !e->value) || (e->rlen && !e->result)) return false;
     if ((e->client_id == 0) != (e->client_seq == 0)) return false;
     switch (e->type) {
@@ -207,48 +208,72 @@ static bool entry_fields_ok(const repl_entry *e, uint64_t max_epoch)
 const char *repl_strerror(int err)
 {
     switch (err) {
-    case REPL_OK: return "ok";
-    case REPL_ENOTPRIMARY: return "not the primary";
-    case REPL_EINVAL: return "invalid argument";
-    case REPL_ESTALE: return "stale epoch or client sequence";
-    case REPL_EPROTO: return "protocol violation";
-    case REPL_EDECODE: return "malformed message";
-    case REPL_ETOOBIG: return "too big";
-    case REPL_EBUSY: return "too many pending writes";
-    case REPL_EFAILOVER: return "primary changed before the write committed";
-    case REPL_ECORRUPT: return "inconsistent persisted state";
-    default: return "unknown error";
+    case REPL_OK:
+        return "ok";
+    case REPL_ENOTPRIMARY:
+        return "not the primary";
+    case REPL_EINVAL:
+        return "invalid argument";
+    case REPL_ESTALE:
+        return "stale epoch or client sequence";
+    case REPL_EPROTO:
+        return "protocol violation";
+    case REPL_EDECODE:
+        return "malformed message";
+    case REPL_ETOOBIG:
+        return "too big";
+    case REPL_EBUSY:
+        return "too many pending writes";
+    case REPL_EFAILOVER:
+        return "primary changed before the write committed";
+    case REPL_ECORRUPT:
+        return "inconsistent persisted state";
+    default:
+        return "unknown error";
     }
 }
 
 const char *repl_role_name(int role)
 {
     switch (role) {
-    case REPL_ROLE_NONE: return "none";
-    case REPL_ROLE_PRIMARY: return "primary";
-    case REPL_ROLE_BACKUP: return "backup";
-    default: return "?";
+    case REPL_ROLE_NONE:
+        return "none";
+    case REPL_ROLE_PRIMARY:
+        return "primary";
+    case REPL_ROLE_BACKUP:
+        return "backup";
+    default:
+        return "?";
     }
 }
 
 const char *repl_msg_type_name(int type)
 {
     switch (type) {
-    case REPL_MSG_APPEND: return "APPEND";
-    case REPL_MSG_ACK: return "ACK";
-    case REPL_MSG_STALE: return "STALE";
-    default: return "?";
+    case REPL_MSG_APPEND:
+        return "APPEND";
+    case REPL_MSG_ACK:
+        return "ACK";
+    case REPL_MSG_STALE:
+        return "STALE";
+    default:
+        return "?";
     }
 }
 
 const char *repl_event_name(int type)
 {
     switch (type) {
-    case REPL_EV_NEWER_EPOCH: return "newer_epoch";
-    case REPL_EV_NEED_COPY: return "need_copy";
-    case REPL_EV_CAUGHT_UP: return "caught_up";
-    case REPL_EV_SERVING: return "serving";
-    default: return "?";
+    case REPL_EV_NEWER_EPOCH:
+        return "newer_epoch";
+    case REPL_EV_NEED_COPY:
+        return "need_copy";
+    case REPL_EV_CAUGHT_UP:
+        return "caught_up";
+    case REPL_EV_SERVING:
+        return "serving";
+    default:
+        return "?";
     }
 }
 
@@ -380,7 +405,8 @@ int repl_msg_decode(const void *p, size_t len, repl_msg *m)
     m->commit = get64(&c);
     m->hint = get64(&c);
     uint32_t n = get32(&c);
-    if (c.bad || ver != REPL_WIRE_VERSION || type < 1 || type > REPL_MSG_TYPE_MAX || flags > 1) goto bad;
+    if (c.bad || ver != REPL_WIRE_VERSION || type < 1 || type > REPL_MSG_TYPE_MAX || flags > 1)
+        goto bad;
     if (m->from == 0 || m->to == 0 || m->from == m->to || m->epoch == 0) goto bad;
     m->type = type;
     m->reject = flags != 0;
@@ -463,7 +489,8 @@ static crow *ct_find(const repl_part *p, uint64_t cid)
     }
 }
 
-static void ct_put(repl_part *p, uint64_t cid, uint64_t cseq, uint64_t seq, const uint8_t *res, uint32_t rlen);
+static void ct_put(repl_part *p, uint64_t cid, uint64_t cseq, uint64_t seq, const uint8_t *res,
+                   uint32_t rlen);
 
 static void ct_grow(repl_part *p)
 {
@@ -484,7 +511,8 @@ static void ct_grow(repl_part *p)
     free(old);
 }
 
-static void ct_put(repl_part *p, uint64_t cid, uint64_t cseq, uint64_t seq, const uint8_t *res, uint32_t rlen)
+static void ct_put(repl_part *p, uint64_t cid, uint64_t cseq, uint64_t seq, const uint8_t *res,
+                   uint32_t rlen)
 {
     assert(cid);
     if ((p->ct_n + 1) * 10 > p->ct_cap * 7) ct_grow(p);
@@ -518,7 +546,8 @@ static bool clients_ok(const repl_client *cl, size_t n, uint64_t max_seq)
 {
     if (n && !cl) return false;
     for (size_t i = 0; i < n; i++) {
-        if (!cl[i].client_id || !cl[i].client_seq || cl[i].seq == 0 || cl[i].seq > max_seq) return false;
+        if (!cl[i].client_id || !cl[i].client_seq || cl[i].seq == 0 || cl[i].seq > max_seq)
+            return false;
         if (cl[i].rlen > REPL_MAX_RESULT || (cl[i].rlen && !cl[i].result)) return false;
         for (size_t j = 0; j < i; j++)
             if (cl[j].client_id == cl[i].client_id) return false;
@@ -546,8 +575,8 @@ static repl_msg *push_msg(repl_part *p, int type, uint64_t to)
 }
 
 /* Queues a completion; own_result: copy the result bytes. */
-static void push_done(repl_part *p, uint64_t ctx, int status, uint64_t seq, const uint8_t *res, uint32_t rlen,
-                      bool own_result)
+static void push_done(repl_part *p, uint64_t ctx, int status, uint64_t seq, const uint8_t *res,
+                      uint32_t rlen, bool own_result)
 {
     if (p->ndone == p->capdone) {
         p->capdone = p->capdone ? p->capdone * 2 : 16;
@@ -716,7 +745,8 @@ int repl_new(const repl_opts *o, const repl_persisted *st, repl_part **out)
     repl_persisted empty = {0};
     if (!st) st = &empty;
     /* validate everything before building */
-    if (st->applied < st->base_seq || st->applied > st->base_seq + st->n_entries) return REPL_ECORRUPT;
+    if (st->applied < st->base_seq || st->applied > st->base_seq + st->n_entries)
+        return REPL_ECORRUPT;
     if ((st->base_seq == 0) != (st->base_epoch == 0)) return REPL_ECORRUPT;
     if (st->n_entries && !st->entries) return REPL_ECORRUPT;
     uint64_t pe = 0; /* a full copy may leave base_epoch above the adopted epoch */
@@ -742,8 +772,8 @@ int repl_new(const repl_opts *o, const repl_persisted *st, repl_part **out)
     p->stable = last_seq(p);
     p->commit = p->applied = st->applied;
     for (size_t i = 0; i < st->n_clients; i++)
-        ct_put(p, st->clients[i].client_id, st->clients[i].client_seq, st->clients[i].seq, st->clients[i].result,
-               st->clients[i].rlen);
+        ct_put(p, st->clients[i].client_id, st->clients[i].client_seq, st->clients[i].seq,
+               st->clients[i].result, st->clients[i].rlen);
     *out = p;
     return REPL_OK;
 }
@@ -825,19 +855,22 @@ static bool in_list(const uint64_t *ids, uint32_t n, uint64_t id)
     return false;
 }
 
-int repl_config(repl_part *p, uint64_t epoch, const uint64_t *replicas, const uint8_t *states, uint32_t n)
+int repl_config(repl_part *p, uint64_t epoch, const uint64_t *replicas, const uint8_t *states,
+                uint32_t n)
 {
     assert(!p->in_ready);
     if (epoch == 0 || n == 0 || n > REPL_MAX_REPLICAS || !replicas || !states) return REPL_EINVAL;
     for (uint32_t i = 0; i < n; i++) {
-        if (!replicas[i] || (states[i] != REPL_IN_SYNC && states[i] != REPL_CATCHING_UP)) return REPL_EINVAL;
+        if (!replicas[i] || (states[i] != REPL_IN_SYNC && states[i] != REPL_CATCHING_UP))
+            return REPL_EINVAL;
         for (uint32_t j = 0; j < i; j++)
             if (replicas[j] == replicas[i]) return REPL_EINVAL;
     }
     if (states[0] != REPL_IN_SYNC) return REPL_EINVAL;
     if (epoch < p->epoch) return REPL_ESTALE;
     if (p->have_config && epoch == p->epoch) {
-        if (n != p->nrep || memcmp(replicas, p->rep, n * sizeof *replicas) || memcmp(states, p->rst, n))
+        if (n != p->nrep || memcmp(replicas, p->rep, n * sizeof *replicas) ||
+            memcmp(states, p->rst, n))
             return REPL_EINVAL;
         return REPL_OK;
     }
@@ -886,7 +919,8 @@ int repl_config(repl_part *p, uint64_t epoch, const uint64_t *replicas, const ui
     } else {
         p->ndep = 0;
         for (uint32_t i = 0; i < old_n; i++)
-            if (old_rep[i] != p->o.self && !in_list(replicas, n, old_rep[i])) departed_add(p, old_rep[i], 0);
+            if (old_rep[i] != p->o.self && !in_list(replicas, n, old_rep[i]))
+                departed_add(p, old_rep[i], 0);
     }
     uint64_t start = last_seq(p) + 1; /* seq of the NOOP (restart: the next write) */
     if (!restart) {
@@ -919,7 +953,11 @@ int repl_config(repl_part *p, uint64_t epoch, const uint64_t *replicas, const ui
                 pr->copy = old_peers[k].copy;
                 pr->copy_tick = old_peers[k].copy_tick;
                 if (old_peers[k].counts) pr->counts = true;
-                pr->reported = old_peers[k].reported;
+                /* a report belongs to its epoch: the coordinator flips at most
+                 * one replica per epoch (each flip bumps the epoch and makes
+                 * the other reports stale), so one still CATCHING_UP must be
+                 * reported again in the new epoch */
+                pr->reported = old_peers[k].reported && pr->state != REPL_CATCHING_UP;
             }
         }
         if (pr->next == 0) pr->next = 1;
@@ -927,7 +965,8 @@ int repl_config(repl_part *p, uint64_t epoch, const uint64_t *replicas, const ui
     return REPL_OK;
 }
 
-/* ---- the primary: commit ------------------------------------------------------------------------ */
+/* ---- the primary: commit ------------------------------------------------------------------------
+ */
 
 static void maybe_commit(repl_part *p)
 {
@@ -939,7 +978,8 @@ static void maybe_commit(repl_part *p)
     if (c > p->commit) p->commit = c;
 }
 
-/* ---- client writes --------------------------------------------------------------------------------- */
+/* ---- client writes
+ * --------------------------------------------------------------------------------- */
 
 /* Latest not yet applied entry of client cid, or 0. */
 static uint64_t pending_of_client(const repl_part *p, uint64_t cid)
@@ -990,8 +1030,8 @@ static bool superseded(const repl_part *p)
 }
 
 int repl_write(repl_part *p, int type, const void *key, size_t klen, const void *value, size_t vlen,
-               uint64_t client_id, uint64_t client_seq, const void *result, size_t rlen, uint64_t ctx,
-               uint64_t *seq)
+               uint64_t client_id, uint64_t client_seq, const void *result, size_t rlen,
+               uint64_t ctx, uint64_t *seq)
 {
     assert(!p->in_ready);
     if (seq) *seq = 0;
@@ -1035,7 +1075,8 @@ int repl_write(repl_part *p, int type, const void *key, size_t klen, const void 
     return REPL_OK;
 }
 
-/* ---- messages ------------------------------------------------------------------------------------- */
+/* ---- messages
+ * ------------------------------------------------------------------------------------- */
 
 static void send_ack(repl_part *p, uint64_t to, bool reject, uint64_t seq, uint64_t hint)
 {
@@ -1054,7 +1095,8 @@ static int recv_append(repl_part *p, const repl_msg *m)
     uint64_t pe = m->prev_epoch;
     for (uint32_t i = 0; i < m->n_entries; i++) {
         const repl_entry *e = &m->entries[i];
-        if (e->seq != m->seq + 1 + i || !entry_fields_ok(e, m->epoch) || e->epoch < pe) return REPL_EPROTO;
+        if (e->seq != m->seq + 1 + i || !entry_fields_ok(e, m->epoch) || e->epoch < pe)
+            return REPL_EPROTO;
         pe = e->epoch;
     }
     uint64_t prev = m->seq;
@@ -1079,7 +1121,8 @@ static int recv_append(repl_part *p, const repl_msg *m)
     uint64_t verified = prev + m->n_entries;
     if (verified < p->commit) verified = p->commit;
     last = last_seq(p);
-    if (last > verified && ent(p, last)->epoch == p->epoch) verified = last; /* all from this primary */
+    if (last > verified && ent(p, last)->epoch == p->epoch)
+        verified = last; /* all from this primary */
     uint64_t c = m->commit < verified ? m->commit : verified;
     if (c > p->commit) p->commit = c;
     send_ack(p, m->from, false, verified, 0);
@@ -1106,7 +1149,8 @@ static int recv_ack(repl_part *p, const repl_msg *m)
     }
     if (pr->next <= pr->match) pr->next = pr->match + 1;
     if (pr->copy && pr->match >= p->base) pr->copy = false;
-    if (pr->state == REPL_CATCHING_UP && !pr->reported && pr->match >= p->commit && pr->match >= p->serve_from) {
+    if (pr->state == REPL_CATCHING_UP && !pr->reported && pr->match >= p->commit &&
+        pr->match >= p->serve_from) {
         pr->counts = true;
         pr->reported = true;
         push_event(p, REPL_EV_CAUGHT_UP, pr->id, p->epoch, pr->match);
@@ -1122,7 +1166,8 @@ int repl_recv(repl_part *p, const repl_msg *m)
         m->from == m->to || m->epoch == 0 || m->type < 1 || m->type > REPL_MSG_TYPE_MAX)
         return REPL_EINVAL;
     if (m->type == REPL_MSG_STALE) {
-        if (m->epoch > p->epoch || (!p->have_config && m->epoch == p->epoch)) note_epoch(p, m->epoch);
+        if (m->epoch > p->epoch || (!p->have_config && m->epoch == p->epoch))
+            note_epoch(p, m->epoch);
         return REPL_OK;
     }
     if (m->epoch < p->epoch) {
@@ -1137,7 +1182,8 @@ int repl_recv(repl_part *p, const repl_msg *m)
     return recv_ack(p, m);
 }
 
-/* ---- the primary: sending --------------------------------------------------------------------------- */
+/* ---- the primary: sending
+ * --------------------------------------------------------------------------- */
 
 static void send_append(repl_part *p, peer *pr, uint64_t prev, uint32_t n)
 {
@@ -1239,14 +1285,16 @@ void repl_tick(repl_part *p)
     }
 }
 
-/* ---- snapshot install ---------------------------------------------------------------------------------- */
+/* ---- snapshot install
+ * ---------------------------------------------------------------------------------- */
 
-int repl_install_snapshot(repl_part *p, uint64_t seq, uint64_t seq_epoch, const repl_client *clients,
-                          size_t n_clients, bool *keep_log)
+int repl_install_snapshot(repl_part *p, uint64_t seq, uint64_t seq_epoch,
+                          const repl_client *clients, size_t n_clients, bool *keep_log)
 {
     assert(!p->in_ready);
     if (keep_log) *keep_log = false;
-    if (seq == 0 || seq_epoch == 0 || seq <= p->applied || p->role == REPL_ROLE_PRIMARY || !keep_log)
+    if (seq == 0 || seq_epoch == 0 || seq <= p->applied || p->role == REPL_ROLE_PRIMARY ||
+        !keep_log)
         return REPL_EINVAL;
     if (!clients_ok(clients, n_clients, seq)) return REPL_EINVAL;
     if (seq <= last_seq(p) && ent(p, seq)->epoch == seq_epoch) {
@@ -1276,12 +1324,15 @@ int repl_install_snapshot(repl_part *p, uint64_t seq, uint64_t seq_epoch, const 
     }
     ct_clear(p);
     for (size_t i = 0; i < n_clients; i++)
-        ct_put(p, clients[i].client_id, clients[i].client_seq, clients[i].seq, clients[i].result, clients[i].rlen);
-    if (p->have_config && p->role == REPL_ROLE_BACKUP && !superseded(p)) send_ack(p, p->rep[0], false, seq, 0);
+        ct_put(p, clients[i].client_id, clients[i].client_seq, clients[i].seq, clients[i].result,
+               clients[i].rlen);
+    if (p->have_config && p->role == REPL_ROLE_BACKUP && !superseded(p))
+        send_ack(p, p->rep[0], false, seq, 0);
     return REPL_OK;
 }
 
-/* ---- compaction ------------------------------------------------------------------------------------------ */
+/* ---- compaction
+ * ------------------------------------------------------------------------------------------ */
 
 /* The seq up to which applied entries may be dropped now (0: not now). */
 static uint64_t trim_target(const repl_part *p)
@@ -1316,7 +1367,9 @@ static uint64_t trim_target(const repl_part *p)
     return t - p->base >= chunk ? t : 0;
 }
 
-/* ---- Ready ---------------------------------------------------------------------------------------------------- */
+/* ---- Ready
+ * ----------------------------------------------------------------------------------------------------
+ */
 
 static bool serving_due(const repl_part *p, uint64_t applied_after)
 {
@@ -1327,7 +1380,8 @@ static bool serving_due(const repl_part *p, uint64_t applied_after)
 bool repl_has_ready(const repl_part *p)
 {
     if (p->in_ready) return false;
-    if (p->truncate_from || p->stable < last_seq(p) || p->epoch_dirty || p->applied < p->commit) return true;
+    if (p->truncate_from || p->stable < last_seq(p) || p->epoch_dirty || p->applied < p->commit)
+        return true;
     if (p->nmsgs || p->ndone || p->nev) return true;
     if (serving_due(p, p->applied)) return true;
     if (trim_target(p)) return true;
@@ -1414,11 +1468,13 @@ void repl_advance(repl_part *p, const repl_ready *rd)
     maybe_commit(p);
 }
 
-/* ---- inspection ---------------------------------------------------------------------------------------------- */
+/* ---- inspection
+ * ---------------------------------------------------------------------------------------------- */
 
 bool repl_readable(const repl_part *p)
 {
-    return p->have_config && p->role == REPL_ROLE_PRIMARY && !superseded(p) && p->applied >= p->serve_from;
+    return p->have_config && p->role == REPL_ROLE_PRIMARY && !superseded(p) &&
+           p->applied >= p->serve_from;
 }
 
 void repl_status_get(const repl_part *p, repl_status *s)
@@ -1440,7 +1496,8 @@ void repl_status_get(const repl_part *p, repl_status *s)
     s->n_peers = p->npeers;
     for (uint32_t i = 0; i < p->npeers; i++) {
         const peer *pr = &p->peers[i];
-        s->peers[i] = (repl_peer_status){pr->id, pr->state, pr->match, pr->next, pr->counts, pr->copy};
+        s->peers[i] =
+            (repl_peer_status){pr->id, pr->state, pr->match, pr->next, pr->counts, pr->copy};
     }
     s->n_departed = p->ndep;
     s->n_clients = p->ct_n;

@@ -122,15 +122,18 @@ static int parse_ll(const char *s, size_t n, long long *out)
     }
     if (i == n || s[i] < '1' || s[i] > '9') return 0;
     unsigned long long v = 0;
-    const unsigned long long limit = neg ? (unsigned long long)LLONG_MAX + 1ull : (unsigned long long)LLONG_MAX;
+    const unsigned long long limit =
+        neg ? (unsigned long long)LLONG_MAX + 1ull : (unsigned long long)LLONG_MAX;
     for (; i < n; i++) {
         if (s[i] < '0' || s[i] > '9') return 0;
         unsigned d = (unsigned)(s[i] - '0');
         if (v > (limit - d) / 10) return 0;
         v = v * 10 + d;
     }
-    if (neg) *out = v == (unsigned long long)LLONG_MAX + 1ull ? LLONG_MIN : -(long long)v;
-    else *out = (long long)v;
+    if (neg)
+        *out = v == (unsigned long long)LLONG_MAX + 1ull ? LLONG_MIN : -(long long)v;
+    else
+        *out = (long long)v;
     return 1;
 }
 
@@ -160,7 +163,8 @@ static void grow(resp_parser *p, size_t need)
 {
     if (need <= p->cap) return;
     size_t cap = p->cap ? p->cap : 16;
-    while (cap < need) cap *= 2;
+    while (cap < need)
+        cap *= 2;
     p->off = xrealloc(p->off, cap * sizeof *p->off);
     p->len = xrealloc(p->len, cap * sizeof *p->len);
     p->argv = xrealloc(p->argv, cap * sizeof *p->argv);
@@ -180,7 +184,8 @@ static void finish_request(resp_parser *p)
 static int emit(resp_parser *p, char *data, size_t argc, resp_request *req)
 {
     assert(argc <= p->cap);
-    for (size_t i = 0; i < argc; i++) p->argv[i] = data + p->off[i];
+    for (size_t i = 0; i < argc; i++)
+        p->argv[i] = data + p->off[i];
     req->argc = argc;
     req->argv = p->argv;
     req->argvlen = p->len;
@@ -193,7 +198,8 @@ static int emit(resp_parser *p, char *data, size_t argc, resp_request *req)
  * len; RESP_ERROR when the line is too long or the request grew past
  * max_request. The two size checks fire at the byte where each is decided, the
  * earlier first, so the outcome does not depend on the split (invariant 3). */
-static int scan_header(resp_parser *p, const char *data, size_t len, size_t h, const char *what, size_t *nl)
+static int scan_header(resp_parser *p, const char *data, size_t len, size_t h, const char *what,
+                       size_t *nl)
 {
     const char *q = memchr(data + p->pos, '\n', len - p->pos);
     size_t end = q ? (size_t)(q - data) : len;
@@ -225,7 +231,8 @@ static int parse_mb_hdr(resp_parser *p, char *data, size_t len)
     long long n;
     int r = scan_header(p, data, len, p->start, "multibulk", &nl);
     if (r != RESP_OK) return r;
-    if (!header_value(data, p->start, nl, &n) || n < -1) return fail(p, "ERR Protocol error: invalid multibulk length");
+    if (!header_value(data, p->start, nl, &n) || n < -1)
+        return fail(p, "ERR Protocol error: invalid multibulk length");
     if (n <= 0) { /* "*0" and "*-1": nothing to run (invariant 4) */
         finish_request(p);
         return RESP_OK;
@@ -257,7 +264,8 @@ static int parse_bulk_hdr(resp_parser *p, char *data, size_t len)
     if (p->pos == h) p->pos = h + 1;
     int r = scan_header(p, data, len, h, "bulk", &nl);
     if (r != RESP_OK) return r;
-    if (!header_value(data, h, nl, &n) || n < 0) return fail(p, "ERR Protocol error: invalid bulk length");
+    if (!header_value(data, h, nl, &n) || n < 0)
+        return fail(p, "ERR Protocol error: invalid bulk length");
     if ((unsigned long long)n > p->lim.max_bulk)
         return fail(p, "ERR request exceeds max_bulk_bytes (%zu)", p->lim.max_bulk);
     size_t d = nl + 1;
@@ -278,7 +286,8 @@ static int parse_bulk_data(resp_parser *p, char *data, size_t len, resp_request 
     size_t d = p->off[p->argi];
     size_t n = (size_t)p->bulklen;
     if (len - d < n + 2) return RESP_MORE;
-    if (data[d + n] != '\r' || data[d + n + 1] != '\n') return fail(p, "ERR Protocol error: expected CRLF after bulk");
+    if (data[d + n] != '\r' || data[d + n + 1] != '\n')
+        return fail(p, "ERR Protocol error: expected CRLF after bulk");
     p->len[p->argi] = n;
     p->argi++;
     p->pos = d + n + 2;
@@ -313,35 +322,51 @@ static int split_inline(resp_parser *p, char *data, size_t s, size_t e, size_t *
 {
     size_t r = s, n = 0;
     for (;;) {
-        while (r < e && is_sep(data[r])) r++;
+        while (r < e && is_sep(data[r]))
+            r++;
         if (r == e) break;
-        if (n == p->lim.max_args) return fail(p, "ERR request exceeds max_args (%zu)", p->lim.max_args);
+        if (n == p->lim.max_args)
+            return fail(p, "ERR request exceeds max_args (%zu)", p->lim.max_args);
         size_t a = r, w = r;
         enum { PLAIN, DQUOTE, SQUOTE } mode = PLAIN;
         for (;;) {
             if (mode == PLAIN) {
                 if (r == e || is_sep(data[r])) break;
-                if (data[r] == '"') mode = DQUOTE;
-                else if (data[r] == '\'') mode = SQUOTE;
-                else data[w++] = data[r];
+                if (data[r] == '"')
+                    mode = DQUOTE;
+                else if (data[r] == '\'')
+                    mode = SQUOTE;
+                else
+                    data[w++] = data[r];
                 r++;
                 continue;
             }
             if (r == e) return fail(p, "ERR Protocol error: unbalanced quotes in request");
             char c = data[r];
-            if (mode == DQUOTE && c == '\\' && e - r >= 4 && data[r + 1] == 'x' && hexval(data[r + 2]) >= 0 &&
-                hexval(data[r + 3]) >= 0) {
+            if (mode == DQUOTE && c == '\\' && e - r >= 4 && data[r + 1] == 'x' &&
+                hexval(data[r + 2]) >= 0 && hexval(data[r + 3]) >= 0) {
                 data[w++] = (char)(hexval(data[r + 2]) * 16 + hexval(data[r + 3]));
                 r += 4;
             } else if (mode == DQUOTE && c == '\\' && e - r >= 2) {
                 char x = data[r + 1];
                 switch (x) {
-                case 'n': x = '\n'; break;
-                case 'r': x = '\r'; break;
-                case 't': x = '\t'; break;
-                case 'b': x = '\b'; break;
-                case 'a': x = '\a'; break;
-                default: break;
+                case 'n':
+                    x = '\n';
+                    break;
+                case 'r':
+                    x = '\r';
+                    break;
+                case 't':
+                    x = '\t';
+                    break;
+                case 'b':
+                    x = '\b';
+                    break;
+                case 'a':
+                    x = '\a';
+                    break;
+                default:
+                    break;
                 }
                 data[w++] = x;
                 r += 2;
@@ -350,14 +375,16 @@ static int split_inline(resp_parser *p, char *data, size_t s, size_t e, size_t *
                 r += 2;
             } else if ((mode == DQUOTE && c == '"') || (mode == SQUOTE && c == '\'')) {
                 r++;
-                if (r < e && !is_sep(data[r])) return fail(p, "ERR Protocol error: unbalanced quotes in request");
+                if (r < e && !is_sep(data[r]))
+                    return fail(p, "ERR Protocol error: unbalanced quotes in request");
                 break;
             } else {
                 data[w++] = c;
                 r++;
             }
         }
-        if (w - a > p->lim.max_bulk) return fail(p, "ERR request exceeds max_bulk_bytes (%zu)", p->lim.max_bulk);
+        if (w - a > p->lim.max_bulk)
+            return fail(p, "ERR request exceeds max_bulk_bytes (%zu)", p->lim.max_bulk);
         grow(p, n + 1);
         p->off[n] = a;
         p->len[n] = w - a;
@@ -466,7 +493,8 @@ void resp_parser_shift(resp_parser *p, size_t n)
     p->pos -= n;
     size_t k = (size_t)p->argi;
     if (p->state == ST_BULK_HDR || p->state == ST_BULK_DATA) k++; /* invariant 5 */
-    for (size_t i = 0; i < k; i++) p->off[i] -= n;
+    for (size_t i = 0; i < k; i++)
+        p->off[i] -= n;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -482,7 +510,8 @@ static size_t fmt_ull(char *dst, unsigned long long v)
         tmp[n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    while (n) dst[k++] = tmp[--n];
+    while (n)
+        dst[k++] = tmp[--n];
     return k;
 }
 
@@ -510,7 +539,8 @@ static void add_line(buf *out, char prefix, const char *s)
     buf_reserve(out, n + 3);
     char *d = out->data + out->len;
     d[0] = prefix;
-    for (size_t i = 0; i < n; i++) d[i + 1] = (s[i] == '\r' || s[i] == '\n') ? ' ' : s[i];
+    for (size_t i = 0; i < n; i++)
+        d[i + 1] = (s[i] == '\r' || s[i] == '\n') ? ' ' : s[i];
     d[n + 1] = '\r';
     d[n + 2] = '\n';
     out->len += n + 3;
@@ -591,7 +621,8 @@ void resp_add_command(buf *out, int argc, const char *const *argv, const size_t 
 {
     assert(argc >= 0);
     add_header_ll(out, '*', argc);
-    for (int i = 0; i < argc; i++) resp_add_bulk(out, argv[i], argvlen ? argvlen[i] : strlen(argv[i]));
+    for (int i = 0; i < argc; i++)
+        resp_add_bulk(out, argv[i], argvlen ? argvlen[i] : strlen(argv[i]));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -613,7 +644,8 @@ static int reply_line(const char *data, size_t len, size_t pos, int numeric, siz
             return RESP_OK;
         }
         if (c == '\n') return RESP_ERROR;
-        if (numeric && ((c != '-' && (c < '0' || c > '9')) || i - pos >= LL_MAX_DIGITS)) return RESP_ERROR;
+        if (numeric && ((c != '-' && (c < '0' || c > '9')) || i - pos >= LL_MAX_DIGITS))
+            return RESP_ERROR;
     }
     return RESP_MORE;
 }
@@ -746,8 +778,35 @@ void resp_reply_free(resp_reply *r)
 {
     if (!r) return;
     if (r->element)
-        for (size_t i = 0; i < r->elements; i++) resp_reply_free(r->element[i]);
+        for (size_t i = 0; i < r->elements; i++)
+            resp_reply_free(r->element[i]);
     free(r->element);
     free(r->str);
     free(r);
+}
+
+void resp_reply_encode(buf *out, const resp_reply *r)
+{
+    switch (r->type) {
+    case RESP_R_STATUS:
+        resp_add_simple(out, r->str);
+        break;
+    case RESP_R_ERROR:
+        resp_add_error(out, r->str);
+        break;
+    case RESP_R_INT:
+        resp_add_int(out, r->integer);
+        break;
+    case RESP_R_BULK:
+        resp_add_bulk(out, r->str, r->len);
+        break;
+    case RESP_R_NIL:
+        resp_add_nil(out);
+        break;
+    case RESP_R_ARRAY:
+        resp_add_array(out, (long long)r->elements);
+        for (size_t i = 0; i < r->elements; i++)
+            resp_reply_encode(out, r->element[i]);
+        break;
+    }
 }

@@ -130,5 +130,7 @@ typedef struct resp_reply {
 
 int resp_reply_parse(const char *buf, size_t len, size_t *used, resp_reply **out);
 void resp_reply_free(resp_reply *r);
+/* Appends r encoded as RESP2 again (relaying a reply unchanged). */
+void resp_reply_encode(buf *out, const resp_reply *r);
 
 #endif

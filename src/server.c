@@ -145,8 +145,10 @@ static item *item_submit(server *s, net_conn *c)
     it->base.exec = exec_item_fn;
     buf_init(&it->base.reply);
     buf_init(&it->blob);
-    if (s->batch_tail) s->batch_tail->base.next = &it->base;
-    else s->batch_head = it;
+    if (s->batch_tail)
+        s->batch_tail->base.next = &it->base;
+    else
+        s->batch_head = it;
     s->batch_tail = it;
     return it;
 }
@@ -185,8 +187,10 @@ static void on_items_done(void *arg, commit_item *list)
         item *it = (item *)list;
         list = list->next;
         buf *out = net_reply_buf(it->reply);
-        if (it->base.status) reply_ioerr(out, it->base.status);
-        else buf_append(out, it->base.reply.data, it->base.reply.len);
+        if (it->base.status)
+            reply_ioerr(out, it->base.status);
+        else
+            buf_append(out, it->base.reply.data, it->base.reply.len);
         net_reply_done(it->reply);
         item_free(it);
     }
@@ -349,8 +353,10 @@ static void cmd_config(server *s, net_conn *c, int argc, char **argv, size_t *ar
         buf v;
         buf_init(&v);
         buf *out = net_reply_now(c);
-        if (cmap_config_get(s->map, name, &v)) resp_add_errorf(out, "ERR unknown setting '%s'", name);
-        else resp_add_bulk(out, v.data, v.len);
+        if (cmap_config_get(s->map, name, &v))
+            resp_add_errorf(out, "ERR unknown setting '%s'", name);
+        else
+            resp_add_bulk(out, v.data, v.len);
         buf_free(&v);
     } else if (is(argv[1], argvlen[1], "SET") && argc == 4) {
         char value[64];
@@ -376,8 +382,10 @@ static void cmd_config(server *s, net_conn *c, int argc, char **argv, size_t *ar
 static void cmd_ping(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
     (void)s;
-    if (argc == 1) resp_add_simple(net_reply_now(c), "PONG");
-    else resp_add_bulk(net_reply_now(c), argv[1], argvlen[1]);
+    if (argc == 1)
+        resp_add_simple(net_reply_now(c), "PONG");
+    else
+        resp_add_bulk(net_reply_now(c), argv[1], argvlen[1]);
 }
 
 static void cmd_echo(server *s, net_conn *c, int argc, char **argv, size_t *argvlen)
@@ -424,10 +432,10 @@ static void cmd_info(server *s, net_conn *c, int argc, char **argv, size_t *argv
                    ns.accepted, ns.commands, commit_groups(s->cm));
     }
     if (SECTION("storage")) {
-        buf_printf(&t,
-                   "# Storage\r\ndata_dir:%s\r\nsync:%s\r\nmap_size:%zu\r\nmap_version:%llu\r\n\r\n",
-                   s->o.dir, store_sync_name(s->o.sync_policy), s->o.map_size,
-                   (unsigned long long)s->map->version);
+        buf_printf(
+            &t, "# Storage\r\ndata_dir:%s\r\nsync:%s\r\nmap_size:%zu\r\nmap_version:%llu\r\n\r\n",
+            s->o.dir, store_sync_name(s->o.sync_policy), s->o.map_size,
+            (unsigned long long)s->map->version);
     }
     if (SECTION("limits")) {
         buf_printf(&t,
@@ -459,10 +467,14 @@ static const struct command {
     int min_args, max_args; /* counting the name; max -1: any */
     cmd_fn fn;
 } commands[] = {
-    {"SPACE.ADD", 2, -1, cmd_space_add},  {"SPACE.DROP", 2, 2, cmd_space_drop},
-    {"SPACE.LIST", 1, 1, cmd_space_list}, {"SPACE.DESCRIBE", 2, 2, cmd_space_describe},
-    {"CLUSTER.CONFIG", 3, 4, cmd_config}, {"PING", 1, 2, cmd_ping},
-    {"ECHO", 2, 2, cmd_echo},             {"INFO", 1, 2, cmd_info},
+    {"SPACE.ADD", 2, -1, cmd_space_add},
+    {"SPACE.DROP", 2, 2, cmd_space_drop},
+    {"SPACE.LIST", 1, 1, cmd_space_list},
+    {"SPACE.DESCRIBE", 2, 2, cmd_space_describe},
+    {"CLUSTER.CONFIG", 3, 4, cmd_config},
+    {"PING", 1, 2, cmd_ping},
+    {"ECHO", 2, 2, cmd_echo},
+    {"INFO", 1, 2, cmd_info},
     {"QUIT", 1, 1, cmd_quit},
 };
 
@@ -530,7 +542,8 @@ static void finish_shutdown(server *s)
     uv_prepare_stop(&s->prepare);
     uv_close((uv_handle_t *)&s->prepare, NULL);
     uv_close((uv_handle_t *)&s->grace, NULL);
-    for (int i = 0; i < 3; i++) uv_close((uv_handle_t *)&s->sigs[i], NULL);
+    for (int i = 0; i < 3; i++)
+        uv_close((uv_handle_t *)&s->sigs[i], NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -607,12 +620,6 @@ err_storage:
     return -1;
 }
 
-static void close_walk(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h)) uv_close(h, NULL);
-}
-
 /* Runs the server; ready_fd (or -1) receives one status byte and, on error,
  * the message, for the parent of a daemonised server. */
 static int server_run(const server_opts *o, int ready_fd)
@@ -687,9 +694,7 @@ err_after_lock:
     if (s->lock_fd >= 0) close(s->lock_fd);
 err_after_loop:
     if (s->net && status) net_server_close(s->net);
-    uv_walk(&s->loop, close_walk, NULL);
-    uv_run(&s->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&s->loop);
+    proc_loop_close(&s->loop);
     if (status) {
         log_error("cannot start: %s", err);
         proc_failed(&ready_fd, err);

@@ -601,6 +601,39 @@ static void test_catching_up_replica_counts_only_once_caught_up(void **state)
     teardown_all();
 }
 
+/* Regression (found by the tutorial test): two replicas caught up in one
+ * epoch; the coordinator flips the first, which starts a new epoch and makes
+ * the second report stale, so the primary must report the second again in
+ * the new epoch, or the partition stays DEGRADED for ever. */
+static void test_catching_up_replica_reported_again_in_new_epoch(void **state)
+{
+    (void)state;
+    static const uint64_t ids[] = {1, 2, 3};
+    static const uint8_t st1[] = {REPL_IN_SYNC, REPL_CATCHING_UP, REPL_CATCHING_UP};
+    static const uint8_t st2[] = {REPL_IN_SYNC, REPL_IN_SYNC, REPL_CATCHING_UP};
+    for (uint64_t i = 1; i <= 3; i++)
+        node_init(i, NULL);
+    for (uint64_t i = 1; i <= 3; i++)
+        config(i, 1, ids, st1, 3);
+    assert_int_equal(put(1, "k", "v", 0, 0, 1), REPL_OK);
+    pump();
+    repl_tick(N[1].p);
+    pump();
+    assert_true(has_event(1, REPL_EV_CAUGHT_UP, 2));
+    assert_true(has_event(1, REPL_EV_CAUGHT_UP, 3));
+    N[1].nev = 0;
+    for (uint64_t i = 1; i <= 3; i++)
+        config(i, 2, ids, st2, 3); /* 2 flipped; 3's report of epoch 1 was stale */
+    pump();
+    repl_tick(N[1].p);
+    pump();
+    assert_true(has_event(1, REPL_EV_CAUGHT_UP, 3));
+    assert_false(has_event(1, REPL_EV_CAUGHT_UP, 2));
+    for (size_t i = 0; i < N[1].nev; i++)
+        if (N[1].ev[i].type == REPL_EV_CAUGHT_UP) assert_int_equal(N[1].ev[i].epoch, 2);
+    teardown_all();
+}
+
 /* A primary restarted within its epoch counts every replica (it forgot which
  * CATCHING_UP replicas it reported caught up). */
 static void test_restarted_primary_counts_catching_up_replicas(void **state)
@@ -1188,6 +1221,7 @@ int main(void)
         cmocka_unit_test_teardown(test_exactly_once_across_failover, teardown),
         cmocka_unit_test_teardown(test_demoted_primary_fails_pending_writes, teardown),
         cmocka_unit_test_teardown(test_catching_up_replica_counts_only_once_caught_up, teardown),
+        cmocka_unit_test_teardown(test_catching_up_replica_reported_again_in_new_epoch, teardown),
         cmocka_unit_test_teardown(test_restarted_primary_counts_catching_up_replicas, teardown),
         cmocka_unit_test_teardown(test_departed_replica_replays_only_the_tail, teardown),
         cmocka_unit_test_teardown(test_full_copy_when_tail_is_gone, teardown),
