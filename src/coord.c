@@ -1001,6 +1001,7 @@ static const struct {
     {"DAEMON.SHUTDOWN", 2, 2, K_WRITE},
     {"DAEMON.HEARTBEAT", 2, 2, K_LEADER},
     {"DAEMON.CAUGHT_UP", 6, 6, K_WRITE},
+    {"DAEMON.HANDOFF", 2, 2, K_WRITE},
 };
 
 static bool parse_u64(const char *s, size_t len, uint64_t *out)
@@ -1333,6 +1334,36 @@ static void cmd_write(coord *co, net_conn *c, int argc, char **argv, size_t *arg
         cmd_remove(co, c, argv, argvlen);
     } else if (is(argv[0], argvlen[0], "DAEMON.REGISTER")) {
         cmd_register(co, c, argc, argv, argvlen);
+    } else if (is(argv[0], argvlen[0], "DAEMON.HANDOFF")) {
+        /* clean shutdown: every partition the daemon leads gets its first
+         * in-sync backup on an ONLINE daemon as primary (cmap HANDOFF); the
+         * daemon keeps serving until it sees the new epoch, and the new
+         * primary serves only once the old one has acknowledged that epoch */
+        uint64_t id;
+        if (!parse_u64(argv[1], argvlen[1], &id)) {
+            resp_add_error(net_reply_now(c), "ERR daemon id must be a number");
+        } else {
+            unsigned proposed = 0;
+            for (uint32_t i = 0; i < co->map->nspaces; i++) {
+                const cmap_space *sp = &co->map->spaces[i];
+                for (uint32_t part = 0; part < sp->schema->partitions; part++) {
+                    const cmap_partition *pt = &sp->parts[part];
+                    if (!pt->nreplicas || pt->replicas[0].daemon != id) continue;
+                    for (uint32_t j = 1; j < pt->nreplicas; j++) {
+                        const cmap_daemon *d = cmap_daemon_find(co->map, pt->replicas[j].daemon);
+                        if (pt->replicas[j].state != CMAP_R_IN_SYNC || !d ||
+                            d->state != CMAP_D_ONLINE)
+                            continue;
+                        buf_reset(&cmd);
+                        cmap_cmd_handoff(&cmd, sp->id, part, pt->replicas[j].daemon);
+                        if (propose(co, &cmd, P_INTERNAL, NULL, NULL)) proposed++;
+                        break;
+                    }
+                }
+            }
+            log_notice("event=handoff daemon=%" PRIu64 " partitions=%u", id, proposed);
+            resp_add_int(net_reply_now(c), proposed);
+        }
     } else if (is(argv[0], argvlen[0], "DAEMON.CAUGHT_UP")) {
         /* DAEMON.CAUGHT_UP from space part daemon epoch: a primary's report
          * for the next planning round (REPLICA_IN_SYNC if still valid) */

@@ -70,6 +70,7 @@
 #define BACKOFF_MIN_MS 100u       /* first retry after a failed registration */
 #define BACKOFF_MAX_MS 2000u
 #define SHUTDOWN_WAIT_MS 2000u /* how long DAEMON.SHUTDOWN may take */
+#define HANDOFF_WAIT_MS 5000u  /* how long handing primaries over may take */
 #define SHUTDOWN_RETRY_MS 150u /* > RCLIENT_RETRY_MS, so a retry really reconnects */
 #define READY_WAIT_MS 10000u   /* a daemonised parent waits this long for registration */
 #define MAX_CONNS 10000
@@ -662,7 +663,7 @@ int daemon_map_accept(const cmap *cur, uint64_t cluster_id, const void *data, si
 
 enum phase { PH_REGISTERING = 1, PH_RUNNING, PH_REJOINING, PH_STOPPING, PH_DONE };
 
-enum rq_kind { RQ_REGISTER = 1, RQ_HEARTBEAT, RQ_MAP, RQ_SHUTDOWN, RQ_REPORT };
+enum rq_kind { RQ_REGISTER = 1, RQ_HEARTBEAT, RQ_MAP, RQ_SHUTDOWN, RQ_REPORT, RQ_HANDOFF };
 
 typedef struct dstate dstate;
 
@@ -713,9 +714,11 @@ struct dstate {
     unsigned long long hb_ok, hb_failed;
     unsigned fail_streak; /* consecutive heartbeat failures */
 
-    cmap *map;     /* cached map, NULL until fetched */
-    buf map_bytes; /* its encoding as served by the coordinator */
-    dpart *dp;     /* the data plane, once the daemon has an id */
+    cmap *map;        /* cached map, NULL until fetched */
+    buf map_bytes;    /* its encoding as served by the coordinator */
+    dpart *dp;        /* the data plane, once the daemon has an id */
+    bool handing_off; /* SIGTERM: primaries are being handed to backups first */
+    int stop_signal;
 };
 
 static uint64_t wall_ms(void)
@@ -902,6 +905,7 @@ static void refuse(dstate *d, const char *msg)
 
 static void start_heartbeats(dstate *d);
 static void start_data_plane(dstate *d);
+static void stop_now(dstate *d);
 
 static void on_register(dstate *d, rq *q, const resp_reply *r, int status)
 {
@@ -1196,6 +1200,11 @@ static void on_map(dstate *d, rq *q, const resp_reply *r, int status)
     buf_reset(&d->map_bytes);
     buf_append(&d->map_bytes, r->str, r->len);
     if (d->dp) dpart_map(d->dp, m);
+    if (d->handing_off && dpart_primaries(d->dp) == 0) {
+        log_notice("event=handoff_done daemon=%llu: leads no partition",
+                   (unsigned long long)d->id.daemon_id);
+        stop_now(d);
+    }
     /* the map is newer than the REGISTER reply: it knows coordinators that
      * joined (or left) since */
     daemon_addr addrs[DAEMON_MAX_COORDS];
@@ -1284,18 +1293,59 @@ static void on_retry_timer(uv_timer_t *t)
         send_register(d);
 }
 
+static void on_handoff_timer(uv_timer_t *t)
+{
+    dstate *d = t->data;
+    if (!d->handing_off) return;
+    log_warn("event=handoff_incomplete daemon=%llu: still primary of %u partitions after %u ms; "
+             "stopping anyway (they fail over after ping_timeout)",
+             (unsigned long long)d->id.daemon_id, dpart_primaries(d->dp), HANDOFF_WAIT_MS);
+    stop_now(d);
+}
+
+/* Clean shutdown, step 1 (DESIGN section 6): while still serving, ask the
+ * coordinator to make an in-sync backup the primary of every partition this
+ * daemon leads; the rest of the shutdown waits until the map shows it leads
+ * nothing (on_map) or HANDOFF_WAIT_MS passed. */
+static bool begin_handoff(dstate *d)
+{
+    if (d->phase != PH_RUNNING || !d->dp || d->handing_off) return false;
+    uint32_t n = dpart_primaries(d->dp);
+    if (n == 0) return false;
+    d->handing_off = true;
+    log_notice("event=handoff_started daemon=%llu partitions=%u",
+               (unsigned long long)d->id.daemon_id, n);
+    char idbuf[24];
+    snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)d->id.daemon_id);
+    const char *argv[2] = {"DAEMON.HANDOFF", idbuf};
+    coord_send(d, RQ_HANDOFF, d->coords.cur, 2, argv);
+    uv_timer_start(&d->stop_timer, on_handoff_timer, HANDOFF_WAIT_MS, 0);
+    return true;
+}
+
 static void begin_shutdown(dstate *d, int signum)
 {
-    if (d->phase == PH_STOPPING) {
+    if (d->phase == PH_STOPPING || (d->handing_off && d->phase != PH_DONE)) {
         log_notice("second signal (%s): exiting without waiting", strsignal(signum));
         finish(d);
         return;
     }
     if (d->phase == PH_DONE) return;
-    bool registered = d->phase == PH_RUNNING || d->phase == PH_REJOINING;
-    d->phase = PH_STOPPING;
+    d->stop_signal = signum;
     log_notice("event=shutdown_requested signal=%s daemon=%llu", strsignal(signum),
                (unsigned long long)d->id.daemon_id);
+    if (begin_handoff(d)) return;
+    stop_now(d);
+}
+
+/* Clean shutdown, step 2: stop serving, record SHUTDOWN, exit. */
+static void stop_now(dstate *d)
+{
+    if (d->phase == PH_STOPPING || d->phase == PH_DONE) return;
+    d->handing_off = false;
+    uv_timer_stop(&d->stop_timer);
+    bool registered = d->phase == PH_RUNNING || d->phase == PH_REJOINING;
+    d->phase = PH_STOPPING;
     net_server_quiesce(d->net);
     uv_timer_stop(&d->hb_timer);
     uv_timer_stop(&d->retry_timer);
@@ -1360,6 +1410,11 @@ static void on_coord_reply(void *arg, const resp_reply *reply, int status)
             break;
         case RQ_SHUTDOWN:
             on_shutdown(d, q, reply, status);
+            break;
+        case RQ_HANDOFF:
+            if (status < 0 || !reply || reply->type == RESP_R_ERROR)
+                log_warn("DAEMON.HANDOFF via %s failed: %s; shutting down without it",
+                         coord_name(d, q->coord), status_text(reply, status));
             break;
         case RQ_REPORT: /* a lost report is repeated by repl (CAUGHT_UP) */
             if (status < 0 || !reply || reply->type == RESP_R_ERROR)

@@ -1212,6 +1212,17 @@ err_after_alloc:
     return -1;
 }
 
+uint32_t dpart_primaries(const dpart *dp)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < dp->map->nspaces; i++) {
+        const cmap_space *cs = &dp->map->spaces[i];
+        for (uint32_t p = 0; p < cs->schema->partitions; p++)
+            n += cs->parts[p].nreplicas && cs->parts[p].replicas[0].daemon == dp->o.self;
+    }
+    return n;
+}
+
 void dpart_stop(dpart *dp)
 {
     if (!dp) return;

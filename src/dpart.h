@@ -42,6 +42,8 @@ void dpart_map(dpart *dp, const cmap *m);
 /* True if argv[0] is a data command dpart handles. */
 bool dpart_is_data_command(const char *name, size_t len);
 void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen);
+/* How many partitions this daemon leads in its current map. */
+uint32_t dpart_primaries(const dpart *dp);
 /* Stops: pending writes fail, the store is synced and closed. */
 void dpart_stop(dpart *dp);
 
