@@ -49,7 +49,7 @@
  *
  * A command with trailing bytes is malformed.
  *
- * Map encoding, format version CMAP_FORMAT_VERSION (3), big endian:
+ * Map encoding, format version CMAP_FORMAT_VERSION (4), big endian:
  *
  *     u8  format version
  *     u64 cluster_id, u64 version
@@ -65,6 +65,7 @@
  *             format >= 3: u32 ndeparted, then u64 daemon id each
  *     format >= 2: u64 next_coord_id, u32 ncoords, then per coordinator:
  *         u64 id, str host, u16 port, str peer host, u16 peer port
+ *     format >= 4: u8 sync requirement (enum cmap_sync)
  *
  * Daemons come before spaces so that the decoder can check replicas against
  * known daemons in one pass. Health is stored and checked against invariant 4
@@ -93,12 +94,18 @@
 #define REPLICA_ENCODED 9        /* 8 + 1 */
 #define FORMAT_DEPARTED 3        /* the first map format with departed lists */
 
-enum setting_id { S_HEARTBEAT, S_PING, S_REPROTECT, S_RETENTION, S_COUNT };
+enum setting_id { S_HEARTBEAT, S_PING, S_REPROTECT, S_RETENTION, S_SYNC, S_COUNT };
 
-static const char *const setting_names[S_COUNT + 1] = {"heartbeat_ms", "ping_timeout_ms",
-                                                       "reprotect_delay_s", "log_retention", NULL};
-static const uint64_t setting_min[S_COUNT] = {10, 100, 0, 0};
-static const uint64_t setting_max[S_COUNT] = {60000, 3600000, 604800, 1000000000000ULL};
+static const char *const setting_names[S_COUNT + 1] = {
+    "heartbeat_ms", "ping_timeout_ms", "reprotect_delay_s", "log_retention", "sync", NULL};
+static const uint64_t setting_min[S_COUNT] = {10, 100, 0, 0, 0};
+static const uint64_t setting_max[S_COUNT] = {60000, 3600000, 604800, 1000000000000ULL, 3};
+static const char *const sync_names[] = {"any", "always", "batch", "none"};
+
+const char *cmap_sync_name(int v)
+{
+    return v >= 0 && v <= CMAP_SYNC_NONE ? sync_names[v] : "UNKNOWN";
+}
 
 #define DEFAULT_HEARTBEAT_MS 250
 #define DEFAULT_PING_TIMEOUT_MS 3000
@@ -262,6 +269,8 @@ static uint64_t setting_get(const cmap_settings *s, int i)
         return s->ping_timeout_ms;
     case S_REPROTECT:
         return s->reprotect_delay_s;
+    case S_SYNC:
+        return s->sync_required;
     default:
         return s->log_retention;
     }
@@ -279,6 +288,9 @@ static void setting_set(cmap_settings *s, int i, uint64_t v)
         break;
     case S_REPROTECT:
         s->reprotect_delay_s = (uint32_t)v;
+        break;
+    case S_SYNC:
+        s->sync_required = (uint8_t)v;
         break;
     default:
         s->log_retention = v;
@@ -484,10 +496,21 @@ static int apply_set_config(cmap *m, rd *r, cmap_result *res)
     char shown[SHOW_CAP];
     int i = setting_find(name, nlen);
     if (i < 0) return refuse(res, "ERR unknown setting '%s'", show(shown, name, nlen));
-    uint64_t v;
-    if (!parse_decimal(value, vlen, setting_max[i], &v) || v < setting_min[i])
+    uint64_t v = 0;
+    if (i == S_SYNC) {
+        bool known = false;
+        for (uint64_t k = 0; k <= CMAP_SYNC_NONE; k++)
+            if (strlen(sync_names[k]) == vlen && !memcmp(sync_names[k], value, vlen)) {
+                v = k;
+                known = true;
+            }
+        if (!known)
+            return refuse(res, "ERR invalid value '%s' for sync (any, always, batch, none)",
+                          show(shown, value, vlen));
+    } else if (!parse_decimal(value, vlen, setting_max[i], &v) || v < setting_min[i]) {
         return refuse(res, "ERR invalid value '%s' for %s (%" PRIu64 "..%" PRIu64 ")",
                       show(shown, value, vlen), setting_names[i], setting_min[i], setting_max[i]);
+    }
 
     cmap_settings next = m->settings;
     setting_set(&next, i, v);
@@ -853,21 +876,26 @@ static int apply_replica_in_sync(cmap *m, rd *r, cmap_result *res)
     if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
     int k = replica_index(pt, id);
     if (k < 0)
-        return refuse(res, "ERR daemon %" PRIu64 " is not a replica of partition %" PRIu32 " of '%s'",
+        return refuse(res,
+                      "ERR daemon %" PRIu64 " is not a replica of partition %" PRIu32 " of '%s'",
                       id, part, sp->schema->name);
     if (pt->replicas[k].state == CMAP_R_IN_SYNC)
-        return refuse(res, "ERR daemon %" PRIu64 " is already in sync for partition %" PRIu32
-                      " of '%s'", id, part, sp->schema->name);
+        return refuse(res,
+                      "ERR daemon %" PRIu64 " is already in sync for partition %" PRIu32 " of '%s'",
+                      id, part, sp->schema->name);
     /* A report from an older epoch proves nothing about commits made since
      * (docs/replication.md, catching up). */
     if (epoch != pt->epoch)
-        return refuse(res, "ERR stale report: partition %" PRIu32 " of '%s' is at epoch %" PRIu64
-                      ", not %" PRIu64, part, sp->schema->name, pt->epoch, epoch);
+        return refuse(res,
+                      "ERR stale report: partition %" PRIu32 " of '%s' is at epoch %" PRIu64
+                      ", not %" PRIu64,
+                      part, sp->schema->name, pt->epoch, epoch);
     if (d->state != CMAP_D_ONLINE)
-        return refuse(res, "ERR daemon %" PRIu64 " is %s: only an ONLINE replica can be in sync", id,
-                      cmap_daemon_state_name(d->state));
+        return refuse(res, "ERR daemon %" PRIu64 " is %s: only an ONLINE replica can be in sync",
+                      id, cmap_daemon_state_name(d->state));
     if (!has_in_sync(pt))
-        return refuse(res, "ERR partition %" PRIu32 " of '%s' has no in-sync replica to catch up from",
+        return refuse(res,
+                      "ERR partition %" PRIu32 " of '%s' has no in-sync replica to catch up from",
                       part, sp->schema->name);
     if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, part);
 
@@ -891,17 +919,21 @@ static int apply_handoff(cmap *m, rd *r, cmap_result *res)
     if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
     int k = replica_index(pt, id);
     if (k < 0)
-        return refuse(res, "ERR daemon %" PRIu64 " is not a replica of partition %" PRIu32 " of '%s'",
+        return refuse(res,
+                      "ERR daemon %" PRIu64 " is not a replica of partition %" PRIu32 " of '%s'",
                       id, part, sp->schema->name);
     if (k == 0)
-        return refuse(res, "ERR daemon %" PRIu64 " is already the primary of partition %" PRIu32
-                      " of '%s'", id, part, sp->schema->name);
+        return refuse(
+            res, "ERR daemon %" PRIu64 " is already the primary of partition %" PRIu32 " of '%s'",
+            id, part, sp->schema->name);
     if (pt->replicas[k].state != CMAP_R_IN_SYNC)
-        return refuse(res, "ERR daemon %" PRIu64 " is not in sync for partition %" PRIu32 " of '%s'",
-                      id, part, sp->schema->name);
+        return refuse(res,
+                      "ERR daemon %" PRIu64 " is not in sync for partition %" PRIu32 " of '%s'", id,
+                      part, sp->schema->name);
     if (d->state != CMAP_D_ONLINE)
-        return refuse(res, "ERR daemon %" PRIu64 " is %s: only an ONLINE replica can become primary",
-                      id, cmap_daemon_state_name(d->state));
+        return refuse(res,
+                      "ERR daemon %" PRIu64 " is %s: only an ONLINE replica can become primary", id,
+                      cmap_daemon_state_name(d->state));
     if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, part);
 
     move_to_front(pt, (uint32_t)k);
@@ -1154,7 +1186,10 @@ int cmap_config_get(const cmap *m, const char *name, buf *out)
 {
     int i = setting_find(name, strlen(name));
     if (i < 0) return -1;
-    buf_printf(out, "%" PRIu64, setting_get(&m->settings, i));
+    if (i == S_SYNC)
+        buf_puts(out, cmap_sync_name(m->settings.sync_required));
+    else
+        buf_printf(out, "%" PRIu64, setting_get(&m->settings, i));
     return 0;
 }
 
@@ -1269,6 +1304,8 @@ void cmap_encode(const cmap *m, buf *out)
         put_str(out, c->peer_host, strlen(c->peer_host));
         buf_put_u16be(out, c->peer_port);
     }
+    /* format 4: the sync requirement */
+    buf_putc(out, (char)m->settings.sync_required);
 }
 
 static bool decode_host(rd *r, char *dst)
@@ -1443,6 +1480,12 @@ int cmap_decode(const void *data, size_t len, cmap **out)
     }
     if (format >= 2 && !decode_coordinators(&r, m)) goto err_after_map;
     if (format == 1 && m->cluster_id) m->next_coord_id = 1;
+    if (format >= 4) {
+        m->settings.sync_required = rd_u8(&r);
+        if (r.bad || m->settings.sync_required > CMAP_SYNC_NONE ||
+            (m->cluster_id == 0 && m->settings.sync_required))
+            goto err_after_map;
+    }
     if (!rd_done(&r)) goto err_after_map;
 
     *out = m;

@@ -58,8 +58,9 @@
 #include "buf.h"
 #include "space.h"
 
-#define CMAP_FORMAT_VERSION 3 /* 2 added coordinators, 3 departed replicas and health
-                                  that counts daemon states; 1 and 2 still decode */
+#define CMAP_FORMAT_VERSION                                                                        \
+    4 /* 2 added coordinators, 3 departed replicas and health                                      \
+          that counts daemon states; 1 and 2 still decode */
 #define CMAP_MAX_REPLICAS (SPACE_MAX_TOLERATE + 1)
 #define CMAP_MAX_DAEMONS 1024
 #define CMAP_MAX_SPACES 1024
@@ -93,14 +94,20 @@ enum cmap_cmd_type {
     /* numbers are never reused; new commands take new numbers */
 };
 
+/* The cluster setting `sync`: which durability policy daemons must use. */
+enum cmap_sync { CMAP_SYNC_ANY = 0, CMAP_SYNC_ALWAYS, CMAP_SYNC_BATCH, CMAP_SYNC_NONE };
+const char *cmap_sync_name(int v); /* "any", "always", "batch", "none" */
+
 typedef struct cmap_settings {
-    uint32_t heartbeat_ms;         /* default 250 */
-    uint32_t ping_timeout_ms;      /* default 3000 */
-    uint32_t reprotect_delay_s;    /* default 60 */
-    uint64_t log_retention;        /* max log entries kept per partition; default 1000000 */
-    bool single_node;              /* set at bootstrap by `keel standalone`: spaces are placed
-                                      on fewer than tolerate+1 daemons (health DEGRADED)
-                                      instead of being refused */
+    uint32_t heartbeat_ms;      /* default 250 */
+    uint32_t ping_timeout_ms;   /* default 3000 */
+    uint32_t reprotect_delay_s; /* default 60 */
+    uint64_t log_retention;     /* max log entries kept per partition; default 1000000 */
+    uint8_t sync_required;      /* enum cmap_sync: the --sync policy every daemon must run
+                                   with (CMAP_SYNC_ANY: no requirement); format >= 4 */
+    bool single_node;           /* set at bootstrap by `keel standalone`: spaces are placed
+                                   on fewer than tolerate+1 daemons (health DEGRADED)
+                                   instead of being refused */
 } cmap_settings;
 
 typedef struct cmap_replica {
@@ -112,7 +119,7 @@ typedef struct cmap_partition {
     uint64_t epoch; /* starts at 1 */
     uint32_t nreplicas;
     cmap_replica replicas[CMAP_MAX_REPLICAS]; /* [0] is the primary */
-    uint8_t health; /* enum cmap_health */
+    uint8_t health;                           /* enum cmap_health */
     uint32_t ndeparted;
     uint64_t departed[CMAP_MAX_REPLICAS]; /* daemons REPLICA_FAILED removed since the
                                              partition was last PROTECTED, oldest first
@@ -120,9 +127,9 @@ typedef struct cmap_partition {
 } cmap_partition;
 
 typedef struct cmap_space {
-    uint32_t id;            /* unique for the life of the cluster, starts at 1 */
-    space_schema *schema;   /* owned */
-    cmap_partition *parts;  /* schema->partitions entries, owned */
+    uint32_t id;           /* unique for the life of the cluster, starts at 1 */
+    space_schema *schema;  /* owned */
+    cmap_partition *parts; /* schema->partitions entries, owned */
 } cmap_space;
 
 typedef struct cmap_daemon {
@@ -161,14 +168,14 @@ typedef struct cmap {
 } cmap;
 
 typedef struct cmap_result {
-    int status;     /* 0 applied, -1 refused (map unchanged) */
-    uint64_t id;    /* ADD_SPACE: the space id; ADD_DAEMON: the daemon id */
-    char msg[320];  /* when refused: a whole error reply line with its code word,
-                       e.g. "NOSPACE no such space 'x'",
-                       "ERR space 'phonebook' already exists",
-                       "ERR line 3: unknown type 'integer' for attribute 'phone'",
-                       "ERR space 'p' needs 3 daemons (tolerate 2 failures), 1 online",
-                       "ERR unknown setting 'foo'", "ERR malformed command" */
+    int status;    /* 0 applied, -1 refused (map unchanged) */
+    uint64_t id;   /* ADD_SPACE: the space id; ADD_DAEMON: the daemon id */
+    char msg[320]; /* when refused: a whole error reply line with its code word,
+                      e.g. "NOSPACE no such space 'x'",
+                      "ERR space 'phonebook' already exists",
+                      "ERR line 3: unknown type 'integer' for attribute 'phone'",
+                      "ERR space 'p' needs 3 daemons (tolerate 2 failures), 1 online",
+                      "ERR unknown setting 'foo'", "ERR malformed command" */
 } cmap_result;
 
 cmap *cmap_new(void);

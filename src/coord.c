@@ -889,9 +889,9 @@ static void json_status(coord *co, buf *o)
                pg->waiting, pg->unplaceable);
     buf_printf(o,
                ",\"settings\":{\"heartbeat_ms\":%u,\"ping_timeout_ms\":%u,"
-               "\"reprotect_delay_s\":%u,\"log_retention\":%" PRIu64 "}}",
+               "\"reprotect_delay_s\":%u,\"log_retention\":%" PRIu64 ",\"sync\":\"%s\"}}",
                m->settings.heartbeat_ms, m->settings.ping_timeout_ms, m->settings.reprotect_delay_s,
-               m->settings.log_retention);
+               m->settings.log_retention, cmap_sync_name(m->settings.sync_required));
 }
 
 /* Answers a read from the local applied map (argv without STALE). */
@@ -997,7 +997,7 @@ static const struct {
     {"SPACE.DROP", 2, 2, K_WRITE},
     {"COORD.JOIN", 4, 5, K_WRITE},
     {"COORD.REMOVE", 2, 2, K_WRITE},
-    {"DAEMON.REGISTER", 4, 6, K_WRITE},
+    {"DAEMON.REGISTER", 4, 8, K_WRITE},
     {"DAEMON.SHUTDOWN", 2, 2, K_WRITE},
     {"DAEMON.HEARTBEAT", 2, 2, K_LEADER},
     {"DAEMON.CAUGHT_UP", 6, 6, K_WRITE},
@@ -1147,6 +1147,21 @@ static void cmd_heartbeat(coord *co, net_conn *c, char **argv, size_t *argvlen)
 
 static void cmd_register(coord *co, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
+    /* a trailing SYNC <policy>: refused if it contradicts the cluster's */
+    if (argc >= 6 && is(argv[argc - 2], argvlen[argc - 2], "SYNC")) {
+        int want = co->map->settings.sync_required;
+        const char *have = argv[argc - 1];
+        size_t hl = argvlen[argc - 1];
+        if (want != CMAP_SYNC_ANY &&
+            !(strlen(cmap_sync_name(want)) == hl && !memcmp(cmap_sync_name(want), have, hl))) {
+            resp_add_errorf(net_reply_now(c),
+                            "ERR this cluster requires sync=%s (CLUSTER.CONFIG GET sync); the "
+                            "daemon runs with --sync %.*s",
+                            cmap_sync_name(want), (int)(hl > 16 ? 16 : hl), have);
+            return;
+        }
+        argc -= 2;
+    }
     char host[CMAP_MAX_HOST + 1];
     uint16_t port, peer_port;
     cstr(host, sizeof host, argv[1], argvlen[1]);

@@ -81,14 +81,17 @@ void daemon_usage(void)
 {
     fprintf(stderr,
             "usage: keel daemon [-f] [-l HOST] [-p PORT] [-c HOST] [-P PORT] [-D DIR]\n"
-            "         [--peer-port PORT]\n"
+            "         [--peer-port PORT] [--sync always|batch|none]\n"
             "  -f, --foreground             stay in the foreground, log to stderr\n"
             "  -l, --listen HOST            client address (default 127.0.0.1)\n"
             "  -p, --listen-port PORT       client port (default 2012)\n"
             "  --peer-port PORT             replication port (default client port + 10000)\n"
             "  -c, --coordinator HOST       a coordinator to register with (default 127.0.0.1)\n"
             "  -P, --coordinator-port PORT  its client port (default 1982)\n"
-            "  -D, --data DIR               data directory (default keel-daemon-data)\n");
+            "  -D, --data DIR               data directory (default keel-daemon-data)\n"
+            "  --sync always|batch|none     fsync every write before acknowledging it /\n"
+            "                               at least every second (default) / never; a\n"
+            "                               cluster may require one (CLUSTER.CONFIG SET sync)\n");
 }
 
 static bool is_ip_literal(const char *h)
@@ -106,8 +109,9 @@ int daemon_parse_args(int argc, char **argv, daemon_opts *o)
                        .peer_port = 0,
                        .coord_host = "127.0.0.1",
                        .coord_port = 1982,
-                       .dir = "keel-daemon-data"};
-    enum { OPT_PEER = 1000, OPT_HELP };
+                       .dir = "keel-daemon-data",
+                       .sync_policy = STORE_SYNC_BATCH};
+    enum { OPT_PEER = 1000, OPT_SYNC, OPT_HELP };
     static const struct option lo[] = {{"foreground", no_argument, 0, 'f'},
                                        {"listen", required_argument, 0, 'l'},
                                        {"listen-port", required_argument, 0, 'p'},
@@ -115,6 +119,7 @@ int daemon_parse_args(int argc, char **argv, daemon_opts *o)
                                        {"coordinator-port", required_argument, 0, 'P'},
                                        {"data", required_argument, 0, 'D'},
                                        {"peer-port", required_argument, 0, OPT_PEER},
+                                       {"sync", required_argument, 0, OPT_SYNC},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
     optind = 0; /* full re-initialisation: the parser may run more than once */
@@ -141,6 +146,12 @@ int daemon_parse_args(int argc, char **argv, daemon_opts *o)
             break;
         case OPT_PEER:
             if (proc_parse_port("--peer-port", optarg, &o->peer_port)) return 2;
+            break;
+        case OPT_SYNC:
+            if ((o->sync_policy = store_sync_parse(optarg)) < 0) {
+                fprintf(stderr, "keel: --sync must be always, batch or none, got '%s'\n", optarg);
+                return 2;
+            }
             break;
         case OPT_HELP:
             o->help = true;
@@ -858,13 +869,16 @@ static void send_register(dstate *d)
     char port[8], peer[8], idbuf[24], cid[20];
     snprintf(port, sizeof port, "%d", d->o.port);
     snprintf(peer, sizeof peer, "%d", d->o.peer_port);
-    const char *argv[6] = {"DAEMON.REGISTER", d->o.host, port, peer, idbuf, cid};
+    const char *argv[8] = {"DAEMON.REGISTER", d->o.host, port, peer, idbuf, cid};
     int argc = 4;
     if (d->have_identity) {
         snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)d->id.daemon_id);
         snprintf(cid, sizeof cid, "%016llx", (unsigned long long)d->id.cluster_id);
         argc = 6;
     }
+    /* the coordinator refuses a daemon whose policy contradicts the cluster's */
+    argv[argc++] = "SYNC";
+    argv[argc++] = store_sync_name(d->o.sync_policy);
     d->reg_inflight = true;
     coord_send(d, RQ_REGISTER, d->coords.cur, argc, argv);
 }
@@ -1041,7 +1055,7 @@ static void start_data_plane(dstate *d)
     dpart_opts o = {.dir = d->o.dir,
                     .host = d->o.host,
                     .peer_port = d->o.peer_port,
-                    .sync_policy = STORE_SYNC_BATCH,
+                    .sync_policy = d->o.sync_policy,
                     .max_key = 256,
                     .self = d->id.daemon_id,
                     .lease_ok = lease_ok,

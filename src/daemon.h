@@ -26,10 +26,11 @@
 typedef struct daemon_opts {
     const char *host;       /* --listen: client address (an IP literal); default 127.0.0.1 */
     int port;               /* --listen-port; default 2012 */
-    int peer_port;          /* --peer-port; default port + 10000 (recorded in the map only) */
+    int peer_port;          /* --peer-port; default port + 10000: the replication port */
     const char *coord_host; /* --coordinator (an IP literal); default 127.0.0.1 */
     int coord_port;         /* --coordinator-port; default 1982 */
     const char *dir;        /* --data; default keel-daemon-data */
+    int sync_policy;        /* --sync always|batch|none (enum store_sync); default batch */
     bool foreground;        /* -f */
     bool help;              /* --help was given: print daemon_usage and exit 0 */
 } daemon_opts;

@@ -311,3 +311,22 @@ def test_clean_shutdown_hands_off_primaries(cluster):
     bad = [e for e in errors if not _retryable(e)]
     assert not bad, bad[:5]
     print("single-attempt requests refused during the handoff: %d" % len(errors))
+
+
+def test_daemon_contradicting_cluster_sync_is_refused(cluster):
+    """A cluster that requires every daemon to fsync each write refuses a
+    daemon started with another --sync policy, saying which (issue 4 item 4);
+    a daemon with the required policy joins and serves."""
+    cl = cluster(tick_ms=20)
+    cl.start_coordinators(3)
+    assert cl.write(["CLUSTER.CONFIG", "SET", "sync", "always"]) == "OK"
+    assert cl.wait_leader().call("CLUSTER.CONFIG", "GET", "sync") == b"always"
+    bad = cl.add_daemon(start=False, extra_args=["--sync", "batch"])
+    rc, log = bad.start_expect_exit()
+    assert rc == 1, log
+    assert "requires sync=always" in log and "--sync batch" in log, log
+    good = cl.add_daemon(extra_args=["--sync", "always"])
+    leader = cl.wait_leader()
+    wait_for(lambda: any(d["address"] == good.addr and d["state"] == "ONLINE"
+                         for d in leader.status()["daemons"]), 10, "the --sync always daemon ONLINE")
+    assert leader.status()["settings"]["sync"] == "always"

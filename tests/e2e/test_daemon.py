@@ -110,6 +110,7 @@ class FakeCoord:
         self.redirect_only = None     # or only to these commands
         self.tryagain = False         # -TRYAGAIN no leader yet, to everything
         self.register_error = None    # an error line for DAEMON.REGISTER
+        self.sync_seen = []           # the SYNC policy each DAEMON.REGISTER carried
         self.offline_heartbeats = 0   # answer this many heartbeats with OFFLINE
         self.raw = {}                 # command -> reply bytes sent instead of the real one
         self.closed = False
@@ -193,6 +194,12 @@ class FakeCoord:
                     break
                 args, used = r
                 buf = buf[used:]
+                if (args[0].upper() == "DAEMON.REGISTER" and len(args) >= 3
+                        and args[-2] == "SYNC"):
+                    # the daemon's durability policy, checked against a
+                    # cluster requirement by real coordinators
+                    self.sync_seen.append(args[-1])
+                    args = args[:-2]
                 with self.lock:
                     self.requests.append((time.monotonic(), args))
                     reply = self._handle(args)
@@ -391,6 +398,7 @@ def test_register_creates_identity_and_serves(env):
     f, d = running(env)
     assert read_identity(d) == "cluster_id=%s\ndaemon_id=1\n" % CLUSTER_HEX
     assert f.seen("DAEMON.REGISTER") == [[HOST, str(d.port), str(d.port + 10000)]]
+    assert f.sync_seen == ["batch"]  # the default --sync
     info = d.info()
     assert info["mode"] == "daemon"
     assert info["daemon_id"] == "1"

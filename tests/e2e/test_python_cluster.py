@@ -15,15 +15,28 @@ Two kinds of test:
   partition's primary is alive, while keys on the dead daemon fail within the
   retry bound naming it. Failover of primaries is not relied on:
   ping_timeout_ms is raised first, so that the cluster's own failover stays
-  out of the test. The module
-  ends by stopping keel local with SIGINT (exit 0 expected); teardown kills
-  it and its children by pid if needed.
+  out of the test. Exactly-once writes: the same SEQ ADD sent through two
+  daemons (raw, and through Client.execute) adds once; a Client's own ADD
+  re-sent with its client id and client_seq answers the original sum; an
+  older client_seq is refused as stale. The module ends by stopping keel
+  local with SIGINT (exit 0 expected); teardown kills it and its children by
+  pid if needed.
+
+- Failover with exactly-once retries (a second `keel local`, with
+  ping_timeout_ms 1000 so that the coordinators fail a dead daemon over
+  quickly): a thread calls atomic_add and cond_put without pause through a
+  Client given daemon 1's address while daemon 1 is killed with SIGKILL;
+  every call returns the right running total / answer (an ADD or CPUT
+  applied twice would show as a wrong sum or a CPUT answering False), none
+  raises, and the objects hold the totals afterwards.
 
 - Scripted fakes (small RESP servers in this process that play coordinators
-  and daemons): the retry rules exactly — ADD and CPUT are re-sent only after
-  an error that says they were not applied, PUT and GET after any
-  failover error, UNAVAILABLE is raised at once, retries stop at
-  retry_timeout, admin calls follow "TRYAGAIN leader is host:port" and fail
+  and daemons): the retry rules exactly — every write goes out as SEQ with
+  the Client's id and a client_seq that grows by one per write and stays the
+  same on its retries, so ADD and CPUT are re-sent after any failover error
+  (connection cut after sending, a timeout, TRYAGAIN "may or may not") like
+  PUT and GET; ERR stale and UNAVAILABLE are raised at once; write calls of
+  threads sharing a Client never overlap; retries stop at retry_timeout, admin calls follow "TRYAGAIN leader is host:port" and fail
   over when a coordinator dies, a daemon's stale NOSPACE is retried only when
   the coordinators know the space, a standalone server is never retried.
 
@@ -43,6 +56,7 @@ import time
 import pytest
 
 import keel
+from keel._resp import Connection
 from conftest import HOST, KEEL_BIN, NeedMore, parse_reply
 
 READY_TIMEOUT = 25.0   # keel local's own bound is 20 s
@@ -172,10 +186,11 @@ class LocalCluster:
                     pass
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A ready 3+3 keel local with the phonebook space (tolerate 1 failures)
-    created through keel.Admin on the first coordinator."""
+def local_cluster(tmp_path_factory, settings=()):
+    """Generator for a fixture: a ready 3+3 keel local with the settings
+    given ((name, value), set through keel.Admin first) and the phonebook
+    space (tolerate 1 failures) created through keel.Admin on the first
+    coordinator."""
     p, q = pick_ports(3, 3)
     lc = LocalCluster(tmp_path_factory.mktemp("keel-local") / "cluster", p, q)
     try:
@@ -183,6 +198,8 @@ def cluster(tmp_path_factory):
                      READY_TIMEOUT)
         with keel.Admin(*lc.coordinator(0)) as a:
             assert a.mode == "coordinator"
+            for name, value in settings:
+                assert a.config_set(name, value) is True
             assert a.add_space(PHONEBOOK_T1) is True
             assert a.list_spaces() == ["phonebook"]
         yield lc
@@ -190,6 +207,11 @@ def cluster(tmp_path_factory):
         assert rc == 0, "keel local exited %s on SIGINT; output:\n%s" % (rc, lc.text())
     finally:
         lc.kill_all()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    yield from local_cluster(tmp_path_factory)
 
 
 def follower_of(lc):
@@ -270,6 +292,96 @@ def test_admin_given_a_daemon_finds_the_coordinators(cluster):
         assert a.list_spaces() == ["phonebook"]
 
 
+def raw_call(addr, *args):
+    """One request on a new plain connection (keel._resp.Connection, no
+    retries) to addr; a NOSPACE (the daemon's map is behind: nothing was
+    applied) is asked again for at most 5 s. The reply, errors as values."""
+    deadline = time.monotonic() + 5
+    conn = Connection(addr[0], addr[1], timeout=5)
+    try:
+        while True:
+            r = conn.call(*args)
+            if not (isinstance(r, keel.KeelError) and r.code == "NOSPACE"
+                    and time.monotonic() < deadline):
+                return r
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def test_seq_add_through_two_daemons_adds_once(cluster):
+    k = "seq-add"
+    with keel.Client(*cluster.coordinator(0)) as c:
+        c.put("phonebook", k, {"phone": 100})
+        # Raw: the same (client id, client_seq) through daemon 1 and daemon 2
+        # (each forwards to the partition's primary, or is it): one ADD.
+        cid = random.randrange(1, 1 << 63)
+        add = ("SEQ", cid, 1, "ADD", "phonebook", k, "phone", 5)
+        assert raw_call(cluster.daemon(0), *add) == 105
+        assert raw_call(cluster.daemon(1), *add) == 105
+        assert raw_call(cluster.daemon(0), *add) == 105
+        assert c.get("phonebook", k)["phone"] == 105
+        # A later client_seq is a new write; the older one is now stale.
+        assert raw_call(cluster.daemon(1), "SEQ", cid, 2, "ADD", "phonebook", k, "phone", 5) == 110
+        r = raw_call(cluster.daemon(0), *add)
+        assert isinstance(r, keel.KeelError) and r.code == "ERR", r
+        assert r.message.startswith("stale request"), r
+        # A SEQ given to Client.execute is sent as it is, by Clients given
+        # two different daemons: applied once; the stale one is raised at
+        # once (not retried).
+        cid2 = random.randrange(1, 1 << 63)
+        add2 = ("SEQ", cid2, 7, "ADD", "phonebook", k, "phone", 1)
+        with keel.Client(*cluster.daemon(0)) as c0, keel.Client(*cluster.daemon(1)) as c1:
+            assert c0.execute(*add2) == 111
+            assert c1.execute(*add2) == 111
+            t0 = time.monotonic()
+            with pytest.raises(keel.KeelError) as ei:
+                c1.execute("SEQ", cid2, 6, "ADD", "phonebook", k, "phone", 1)
+            assert ei.value.code == "ERR" and "stale request" in ei.value.message
+            assert time.monotonic() - t0 < 1
+        assert c.get("phonebook", k)["phone"] == 111
+        # The Client's own writes carry its id and client_seq: re-sending
+        # its last ADD with them through another daemon answers the original
+        # sum and adds nothing; its previous client_seq is stale.
+        assert c.atomic_add("phonebook", k, {"phone": 10}) == {"phone": 121}
+        mine = ("SEQ", c.client_id, c._client_seq, "ADD", "phonebook", k, "phone", 10)
+        assert raw_call(cluster.daemon(2), *mine) == 121
+        assert c.get("phonebook", k)["phone"] == 121
+        r = raw_call(cluster.daemon(2), "SEQ", c.client_id, c._client_seq - 1,
+                     "ADD", "phonebook", k, "phone", 10)
+        assert isinstance(r, keel.KeelError) and r.message.startswith("stale request"), r
+        # A retried CPUT and DEL answer what their first attempt did.
+        assert c.cond_put("phonebook", k, {"phone": 121}, {"last": "x"}) is True
+        cput = ("SEQ", c.client_id, c._client_seq, "CPUT", "phonebook", k,
+                "IF", "phone", 121, "SET", "last", "x")
+        assert raw_call(cluster.daemon(1), *cput) == "OK"
+        assert c.delete("phonebook", k) is True
+        dele = ("SEQ", c.client_id, c._client_seq, "DEL", "phonebook", k)
+        assert raw_call(cluster.daemon(0), *dele) == 1
+        assert c.get("phonebook", k) is None
+
+
+def test_seq_retry_while_its_first_attempt_commits(cluster):
+    """A retry that reaches the primary while the first attempt is still
+    being replicated (here: pipelined right behind it) is answered with the
+    first attempt's result, not computed again on top of its effect."""
+    with keel.Client(*cluster.coordinator(0)) as c:
+        for i in range(5):
+            k = "seq-pending-%d" % i
+            c.put("phonebook", k, {"last": "a", "phone": 1})
+            cid = random.randrange(1, 1 << 63)
+            cput = ("SEQ", cid, 1, "CPUT", "phonebook", k, "IF", "last", "a", "SET", "last", "b")
+            add = ("SEQ", cid, 2, "ADD", "phonebook", k, "phone", 10)
+            dele = ("SEQ", cid, 3, "DEL", "phonebook", k)
+            conn = Connection(*cluster.daemon(i % 3), timeout=5)
+            try:
+                got = conn.call_many([cput, cput, add, add, dele, dele])
+            finally:
+                conn.close()
+            assert [str(x) for x in got] == ["OK", "OK", "11", "11", "1", "1"], (k, got)
+            assert c.get("phonebook", k) is None
+
+
 def test_client_moves_on_when_its_daemon_dies(cluster):
     """Runs last in the module: it kills a daemon."""
     victim_name = "daemon-3"
@@ -325,6 +437,104 @@ def test_client_moves_on_when_its_daemon_dies(cluster):
         via_coord.close()
 
 
+@pytest.fixture
+def quick_failover_cluster(tmp_path_factory):
+    """A second keel local whose coordinators fail a daemon after 1 s."""
+    yield from local_cluster(tmp_path_factory, [("ping_timeout_ms", 1000)])
+
+
+class CountingClient(keel.Client):
+    """A Client that records every attempt of its calls that failed with an
+    error it retries (CONNECTION, TRYAGAIN, NOQUORUM)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.failures = []
+
+    def _attempt(self, addr, args, deadline, first):
+        r = super()._attempt(addr, args, deadline, first)
+        if isinstance(r, keel.KeelError) and r.code in ("CONNECTION", "TRYAGAIN", "NOQUORUM"):
+            self.failures.append((args[3] if args[0] == "SEQ" else args[0], r))
+        return r
+
+
+def test_writes_retried_across_a_failover_apply_once(quick_failover_cluster):
+    """A thread writes without pause through a Client given daemon 1 while
+    daemon 1 is killed: every ADD returns the running total and every CPUT
+    (each conditioned on the value the previous one wrote) answers True, so
+    none was applied twice, and none raises."""
+    lc = quick_failover_cluster
+    victim_name = "daemon-1"
+    pid, victim = lc.children()[victim_name]
+    assert victim == lc.daemon(0)
+    # Enough keys that some live in partitions whose primary is the victim
+    # (8 partitions over 3 daemons).
+    keys = ["fo-%d" % i for i in range(24)]
+    totals = {k: 0 for k in keys}
+    versions = {k: 0 for k in keys}
+    c = CountingClient(*victim, retry_timeout=15)
+    for k in keys:
+        assert c.put("phonebook", k, {"phone": 0, "last": "v0"}) is True
+    state = {"ops": 0, "ops_at_kill": None, "error": None}
+    stop = threading.Event()
+
+    def writer():
+        try:
+            while not stop.is_set():
+                for k in keys:
+                    totals[k] += 1
+                    got = c.atomic_add("phonebook", k, {"phone": 1})
+                    assert got == {"phone": totals[k]}, (k, got, totals[k])
+                    v = versions[k]
+                    assert c.cond_put("phonebook", k, {"last": "v%d" % v},
+                                      {"last": "v%d" % (v + 1)}) is True, (k, v)
+                    versions[k] = v + 1
+                    assert c.cond_put("phonebook", k, {"last": "v%d" % v},
+                                      {"first": "never"}) is False, (k, v)
+                    state["ops"] += 3
+        except BaseException as e:  # reported by the main thread
+            state["error"] = e
+
+    t = threading.Thread(target=writer, daemon=True)
+    try:
+        t.start()
+        deadline = time.monotonic() + 10
+        while state["ops"] < 3 * len(keys) and time.monotonic() < deadline and t.is_alive():
+            time.sleep(0.01)
+        assert state["error"] is None, state["error"]
+        assert state["ops"] >= 3 * len(keys)
+        before = len(c.failures)
+        os.kill(pid, signal.SIGKILL)   # while the writer has a request out
+        state["ops_at_kill"] = state["ops"]
+        lc.wait_line(r"%s \(%s\) was killed by signal 9"
+                     % (victim_name, re.escape("%s:%d" % victim)), 10)
+        # Run until every key was written twice after the kill (so its
+        # partition has failed over), within a bound.
+        deadline = time.monotonic() + 20
+        while (state["ops"] < state["ops_at_kill"] + 6 * len(keys)
+               and time.monotonic() < deadline and t.is_alive()):
+            time.sleep(0.02)
+        stop.set()
+        t.join(timeout=20)
+        assert not t.is_alive()
+        failures = c.failures[before:]
+        assert state["error"] is None, "%r; failed attempts after the kill: %s" % (
+            state["error"], failures)
+        assert state["ops"] >= state["ops_at_kill"] + 6 * len(keys)
+        # The writes did fail over: some attempt failed after the kill and
+        # was retried (the answers above are those of the retries).
+        assert failures, "no attempt failed after the kill"
+        for k in keys:
+            assert c.get("phonebook", k) == {"first": "", "last": "v%d" % versions[k],
+                                             "phone": totals[k]}, k
+        print("attempts that failed after the kill and were retried: %s"
+              % [(cmd, str(e)[:80]) for cmd, e in failures])
+    finally:
+        stop.set()
+        t.join(timeout=20)
+        c.close()
+
+
 # ============================================================================
 # Scripted fakes
 # ============================================================================
@@ -346,6 +556,12 @@ def integer(n):
 
 
 OK = b"+OK\r\n"
+
+
+def unseq(args):
+    """The write inside SEQ client_id client_seq <write>, else args."""
+    return args[3:] if args and args[0].upper() == "SEQ" and len(args) > 3 else args
+
 NIL = b"$-1\r\n"
 DESC = ("space phonebook\nkey username\nattributes string first, string last, int phone\n"
         "subspace first, last, phone\ncreate 8 partitions\ntolerate 1 failures\n")
@@ -422,8 +638,15 @@ class FakeServer:
             s.close()
 
     def count(self, cmd):
+        """Requests of command cmd, plain or inside SEQ."""
         with self.lock:
-            return sum(1 for a in self.requests if a[0].upper() == cmd)
+            return sum(1 for a in self.requests if unseq(a)[0].upper() == cmd)
+
+    def seqs(self):
+        """(client_id, client_seq, command) of every SEQ request, in order."""
+        with self.lock:
+            return [(int(a[1]), int(a[2]), a[3].upper()) for a in self.requests
+                    if a[0].upper() == "SEQ"]
 
     def stop(self):
         with self.lock:
@@ -481,11 +704,14 @@ class FakeCluster:
                 return bulk("# Server\r\nmode:daemon\r\n\r\n# Lease\r\nlease_valid:1\r\n"
                             "coordinator:%s\r\ncoordinators:%s\r\n"
                             % (self.coords[0].text, ",".join(c.text for c in self.coords)))
-            return self.data(i, args)
+            return self.data(i, unseq(args))
         return handle
 
     def count(self, cmd):
         return sum(s.count(cmd) for s in self.daemons)
+
+    def seqs(self):
+        return [x for s in self.daemons for x in s.seqs()]
 
     def stop(self):
         for s in self.coords + self.daemons:
@@ -550,25 +776,124 @@ CALLS = {
                               "may-or-may-not", "unreachable", "closed"])
 @pytest.mark.parametrize("cmd", ["ADD", "CPUT", "PUT", "DEL", "GET"])
 def test_fake_retry_rules(fakes, cmd, first):
+    """Every failover error is retried, for writes too (ADD and CPUT
+    included): a write goes out as SEQ and its retry carries the same pair,
+    so the daemons apply it once."""
     fc = fakes(data=scripted(first, success))
     with keel.Client(*fc.coords[0].addr, retry_timeout=5) as c:
         assert c.mode == "coordinator"
-        once = cmd in ("ADD", "CPUT")
-        if once and first not in NOT_APPLIED:
-            # Maybe applied: not re-sent; the caller gets the error.
-            with pytest.raises(keel.KeelError) as ei:
-                CALLS[cmd](c)
-            if first is CLOSE:
-                assert ei.value.code == "CONNECTION" and not ei.value.unsent
-            else:
-                assert ei.value.code == "TRYAGAIN"
-            assert fc.count(cmd) == 1
+        assert CALLS[cmd](c)
+        assert fc.count(cmd) == 2
+        if cmd == "GET":
+            assert fc.seqs() == []
         else:
-            assert CALLS[cmd](c)
-            assert fc.count(cmd) == 2
+            assert fc.seqs() == [(c.client_id, 1, cmd)] * 2
         # No data command reaches a coordinator, no admin one a daemon.
         assert fc.coords[0].count(cmd) == 0
         assert all(s.count("SPACE.DESCRIBE") == 0 for s in fc.daemons)
+
+
+@pytest.mark.parametrize("entry", ["coordinator", "daemon"])
+def test_fake_writes_carry_seq_numbered_per_client(fakes, entry):
+    """Every write is SEQ client_id client_seq <write>: a random 63-bit id
+    per Client, client_seq one more for every write (each ADD of an
+    atomic_add is a write); reads are not wrapped."""
+    fc = fakes(data=lambda i, args: success(args))
+    addr = fc.coords[0].addr if entry == "coordinator" else fc.daemons[0].addr
+    c1 = keel.Client(*addr)
+    c2 = keel.Client(*addr)
+    try:
+        assert c1.client_id != c2.client_id
+        assert all(0 < c.client_id < (1 << 63) for c in (c1, c2))
+        assert c1.put("phonebook", "k", {"first": "x"}) is True
+        assert c1.get("phonebook", "k")["phone"] == 1
+        assert c1.delete("phonebook", "k") is True
+        assert c1.cond_put("phonebook", "k", {"last": "B"}, {"first": "C"}) is True
+        assert c1.atomic_add("phonebook", "k", {"phone": 1, "phone2": 2}) == {
+            "phone": 7, "phone2": 7}
+        i1, i2 = c1.client_id, c2.client_id
+        assert fc.seqs() == [(i1, 1, "PUT"), (i1, 2, "DEL"), (i1, 3, "CPUT"),
+                             (i1, 4, "ADD"), (i1, 5, "ADD")]
+        # c1 stayed on one daemon.
+        sent = [a for d in fc.daemons for a in d.requests if a[0] != "INFO"]
+        assert [a[0] for a in sent] == ["SEQ", "GET", "SEQ", "SEQ", "SEQ", "SEQ"]
+        # The write itself follows the pair unchanged.
+        assert sent[0][3:] == ["PUT", "phonebook", "k", "first", "x"]
+        assert sent[5][3:] == ["ADD", "phonebook", "k", "phone2", "2"]
+        # Another Client: its own id, its own count from 1.
+        assert c2.execute("ADD", "phonebook", "k", "phone", 1) == 7
+        assert (i2, 1, "ADD") in fc.seqs() and len(fc.seqs()) == 6
+    finally:
+        c1.close()
+        c2.close()
+
+
+def test_fake_stale_is_raised_at_once(fakes):
+    fc = fakes(data=lambda i, args: err("ERR stale request: client 1 already wrote a "
+                                        "later sequence number than 1"))
+    with keel.Client(*fc.coords[0].addr, retry_timeout=5) as c:
+        t0 = time.monotonic()
+        with pytest.raises(keel.KeelError) as ei:
+            c.atomic_add("phonebook", "k", {"phone": 1})
+        assert ei.value.code == "ERR" and ei.value.message.startswith("stale request")
+        assert time.monotonic() - t0 < 1
+        assert fc.count("ADD") == 1
+
+
+def test_fake_add_retried_after_a_timeout(fakes):
+    """No reply within the timeout: the ADD may have been applied; it is
+    sent again with the same pair (to the other daemon first)."""
+    def data(i, args):
+        if i == 0:
+            time.sleep(0.5)  # longer than the Client's timeout
+        return success(args)
+
+    fc = fakes(data=data)
+    with keel.Client(*fc.daemons[0].addr, timeout=0.2, retry_timeout=5) as c:
+        c.mode
+        t0 = time.monotonic()
+        assert c.atomic_add("phonebook", "k", {"phone": 1}) == {"phone": 7}
+        assert time.monotonic() - t0 < 2
+        assert fc.daemons[0].seqs() == [(c.client_id, 1, "ADD")]
+        assert fc.daemons[1].seqs() == [(c.client_id, 1, "ADD")]
+        assert c.put("phonebook", "k", {"first": "x"}) is True
+        assert fc.daemons[1].seqs()[-1] == (c.client_id, 2, "PUT")
+
+
+def test_fake_writes_of_threads_sharing_a_client_do_not_overlap(fakes):
+    """Thread 1's ADD fails with "may or may not" and waits to retry; thread
+    2's PUT through the same Client waits for it, so the daemons never see
+    client_seq 2 before the last retry of client_seq 1 (which they would
+    then refuse as stale). Reads do not wait."""
+    state = {"n": 0}
+    lock = threading.Lock()
+
+    def data(i, args):
+        with lock:
+            state["n"] += 1
+            n = state["n"]
+        if n == 1:
+            time.sleep(0.2)
+            return err("TRYAGAIN the partition's primary changed; the write may or may "
+                       "not have been applied")
+        return success(args)
+
+    fc = fakes(ndaemons=1, data=data)
+    with keel.Client(*fc.coords[0].addr, retry_timeout=5) as c:
+        c.mode
+        results = {}
+        t1 = threading.Thread(target=lambda: results.setdefault(
+            "add", c.atomic_add("phonebook", "k", {"phone": 1})))
+        t2 = threading.Thread(target=lambda: results.setdefault(
+            "put", c.put("phonebook", "k", {"first": "x"})))
+        t1.start()
+        time.sleep(0.05)
+        t2.start()
+        t1.join(timeout=10)
+        t2.join(timeout=10)
+        assert results == {"add": {"phone": 7}, "put": True}
+        i = c.client_id
+        assert fc.seqs() == [(i, 1, "ADD"), (i, 1, "ADD"), (i, 2, "PUT")]
 
 
 def test_fake_add_moves_on_when_its_daemon_is_gone(fakes):
@@ -750,7 +1075,7 @@ def test_fake_daemon_given_without_coordinators_fails_cleanly(fakes):
     saying so; data calls still go to the daemon."""
     fc = fakes(data=lambda i, args: success(args))
     srv = FakeServer(lambda args: bulk("# Server\r\nmode:daemon\r\n") if args[0] == "INFO"
-                     else fc.data(0, args))
+                     else fc.data(0, unseq(args)))
     try:
         with keel.Client(*srv.addr) as c:
             assert c.put("phonebook", "k", {"first": "x"}) is True

@@ -423,7 +423,8 @@ static void test_config_get_names(void **state)
     size_t n = 0;
     while (names[n])
         n++;
-    assert_int_equal(n, 4);
+    assert_int_equal(n, 5);
+    assert_string_equal(names[4], "sync");
     assert_string_equal(names[0], "heartbeat_ms");
     assert_string_equal(names[1], "ping_timeout_ms");
     assert_string_equal(names[2], "reprotect_delay_s");
@@ -433,7 +434,7 @@ static void test_config_get_names(void **state)
     bootstrap(m, 1, false);
     buf b;
     buf_init(&b);
-    static const char *const want[] = {"250", "3000", "60", "1000000"};
+    static const char *const want[] = {"250", "3000", "60", "1000000", "any"};
     for (size_t i = 0; i < n; i++) {
         buf_reset(&b);
         assert_int_equal(cmap_config_get(m, names[i], &b), 0);
@@ -1686,11 +1687,12 @@ static void encode_old(const cmap *m, int format, buf *out)
 }
 
 /* Format 3 round-trips departed lists and down replicas; formats 1 and 2
- * still decode, their health checked by their own rule and recomputed. */
+ * still decode, their health checked by their own rule and recomputed.
+ * (Format 4 only appends the sync byte: see test_sync_setting.) */
 static void test_encode_formats(void **state)
 {
     (void)state;
-    assert_int_equal(CMAP_FORMAT_VERSION, 3);
+    assert_int_equal(CMAP_FORMAT_VERSION, 4);
     cmap *m = rich_map(); /* daemons 2..5 SUSPECT, OFFLINE, SHUTDOWN, RETIRED */
     buf b;
     buf_init(&b);
@@ -1858,7 +1860,7 @@ static void test_coordinators(void **state)
     buf v1;
     encode_map(m, &v1);
     v1.data[0] = 1;
-    v1.len -= 12;
+    v1.len -= 13; /* the coordinator section and the format-4 sync byte */
     cmap *old = NULL;
     assert_int_equal(cmap_decode(v1.data, v1.len, &old), 0);
     assert_int_equal(old->ncoords, 0);
@@ -1900,6 +1902,40 @@ static void test_coordinators(void **state)
     }
     buf_free(&full);
     buf_free(&b);
+    cmap_free(m);
+}
+
+/* The cluster's sync requirement: a word setting, persisted (format 4),
+ * refused for anything but any/always/batch/none. */
+static void test_sync_setting(void **state)
+{
+    (void)state;
+    cmap *m = cmap_new();
+    bootstrap(m, 3, false);
+    buf b, v;
+    buf_init(&b);
+    buf_init(&v);
+    assert_int_equal(m->settings.sync_required, CMAP_SYNC_ANY);
+    cmap_cmd_set_config(&b, "sync", "always");
+    expect_ok(m, &b);
+    assert_int_equal(m->settings.sync_required, CMAP_SYNC_ALWAYS);
+    assert_int_equal(cmap_config_get(m, "sync", &v), 0);
+    assert_memory_equal(v.data, "always", 6);
+    cmap_cmd_set_config(&b, "sync", "2");
+    expect_refused(m, &b, "ERR invalid value '2' for sync (any, always, batch, none)");
+    cmap_cmd_set_config(&b, "sync", "sometimes");
+    expect_refused(m, &b, "ERR invalid value 'sometimes' for sync (any, always, batch, none)");
+    roundtrip(m);
+    /* a corrupt sync byte is refused */
+    buf e;
+    encode_map(m, &e);
+    e.data[e.len - 1] = 9;
+    cmap *d = NULL;
+    assert_int_equal(cmap_decode(e.data, e.len, &d), -1);
+    buf_free(&e);
+    assert_string_equal(cmap_sync_name(CMAP_SYNC_NONE), "none");
+    buf_free(&b);
+    buf_free(&v);
     cmap_free(m);
 }
 
@@ -2257,14 +2293,14 @@ static void test_decode_too_many_replicas(void **state)
     encode_map(m, &e);
     /* the spaces end with: u8 health, u32 nreplicas, u64 daemon, u8 state,
      * u32 ndeparted (0); then come the coordinators (u64 next id, u32 count 0) */
-    const size_t coords = 12, after = 4 + coords;
+    const size_t coords = 12 + 1 /* format 4: sync byte */, after = 4 + coords;
     assert_int_equal(get_u32be(e.data + e.len - after - 13), 1);
     assert_int_equal(get_u32be(e.data + e.len - after), 0);
     uint64_t first = get_u64be(e.data + e.len - after - 9);
     cmap *d = NULL;
     assert_int_equal(cmap_decode(e.data, e.len, &d), 0);
     cmap_free(d);
-    unsigned char tail[12];
+    unsigned char tail[16];
     memcpy(tail, e.data + e.len - coords, coords);
     e.len -= after + 13;
     size_t base = e.len;
@@ -2570,6 +2606,7 @@ int main(void)
         cmocka_unit_test(test_decode_flips),
         cmocka_unit_test(test_decode_invalid),
         cmocka_unit_test(test_coordinators),
+        cmocka_unit_test(test_sync_setting),
         cmocka_unit_test(test_decode_too_many_replicas),
         cmocka_unit_test(test_replica_failed_backup),
         cmocka_unit_test(test_replica_failed_primary),
