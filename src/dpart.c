@@ -72,7 +72,8 @@ typedef struct dp_part dp_part;
 typedef struct dp_item {
     commit_item base; /* first */
     dpart *dp;
-    dp_part *p;
+    dp_part *p;          /* a part's Ready, or NULL: */
+    uint32_t drop_space; /* delete a dropped space's data (the item is heap-allocated) */
 } dp_item;
 
 struct dp_part {
@@ -328,6 +329,16 @@ static void on_ready_done(void *arg, commit_item *list)
         dp_item *it = (dp_item *)list;
         list = list->next;
         dp_part *p = it->p;
+        if (!p) {
+            if (it->base.status)
+                log_error("event=storage_error cannot delete the data of dropped space %u: %s",
+                          it->drop_space, mdb_strerror(it->base.status));
+            else
+                log_notice("event=space_data_dropped space=%u", it->drop_space);
+            buf_free(&it->base.reply);
+            free(it);
+            continue;
+        }
         if (it->base.status) {
             log_error("event=storage_error partition %u/%u: %s; retrying", p->space, p->part,
                       mdb_strerror(it->base.status));
@@ -627,6 +638,64 @@ static void part_configure(dpart *dp, dp_part *p, const cmap_partition *pt)
     part_pump(dp, p);
 }
 
+static int exec_drop(store_txn *t, commit_item *ci)
+{
+    return store_drop_space(t, ((dp_item *)ci)->drop_space);
+}
+
+/* Parts of spaces the map no longer has: their clients are answered, their
+ * state machines freed, and their data deleted by the storage thread. A busy
+ * part is dropped on a later map (or tick) once its Ready is done. */
+static void drop_gone_spaces(dpart *dp)
+{
+    dp_part **pp = &dp->parts;
+    uint32_t dropped[16];
+    size_t ndropped = 0;
+    while (*pp) {
+        dp_part *p = *pp;
+        if (cmap_space_by_id(dp->map, p->space) || p->busy) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        while (p->in_head) {
+            dp_input *in = p->in_head;
+            p->in_head = in->next;
+            if (in->kind == IN_WRITE) {
+                resp_add_error(net_reply_buf(in->reply), "NOSPACE the space was dropped");
+                net_reply_done(in->reply);
+                kv_op_free(in->op);
+            }
+            buf_free(&in->bytes);
+            free(in);
+        }
+        while (p->waits) {
+            dp_wait *w = p->waits;
+            p->waits = w->next;
+            resp_add_error(net_reply_buf(w->reply), "NOSPACE the space was dropped");
+            net_reply_done(w->reply);
+            kv_op_free(w->op);
+            free(w);
+        }
+        bool seen = false;
+        for (size_t i = 0; i < ndropped; i++)
+            seen = seen || dropped[i] == p->space;
+        if (!seen && ndropped < sizeof dropped / sizeof dropped[0]) {
+            dropped[ndropped++] = p->space;
+            dp_item *it = calloc(1, sizeof *it);
+            if (!it) abort();
+            it->dp = dp;
+            it->drop_space = p->space;
+            it->base.exec = exec_drop;
+            buf_init(&it->base.reply);
+            commit_submit(dp->cm, &it->base, &it->base);
+        }
+        repl_free(p->r);
+        kv_space_unref(p->sp);
+        free(p);
+    }
+}
+
 void dpart_map(dpart *dp, const cmap *m)
 {
     if (m != dp->map) {
@@ -653,6 +722,7 @@ void dpart_map(dpart *dp, const cmap *m)
             part_configure(dp, p, pt);
         }
     }
+    drop_gone_spaces(dp);
 }
 
 /* ---- client commands ----------------------------------------------------------------- */
@@ -1140,10 +1210,13 @@ static void peer_dispatch(void *arg, net_conn *c, int argc, char **argv, size_t 
     resp_add_error(net_reply_now(c), "ERR the peer port takes only replication traffic");
 }
 
+static void drop_gone_spaces(dpart *dp);
+
 static void on_tick(uv_timer_t *t)
 {
     dpart *dp = t->data;
     gather_poll(dp);
+    drop_gone_spaces(dp); /* parts that were busy when their space was dropped */
     for (dp_part *p = dp->parts; p; p = p->next) {
         if (p->retry && p->busy) {
             p->retry = false;

@@ -330,3 +330,22 @@ def test_daemon_contradicting_cluster_sync_is_refused(cluster):
     wait_for(lambda: any(d["address"] == good.addr and d["state"] == "ONLINE"
                          for d in leader.status()["daemons"]), 10, "the --sync always daemon ONLINE")
     assert leader.status()["settings"]["sync"] == "always"
+
+
+def test_drop_space_removes_its_data_everywhere(cluster):
+    cl, ds = _setup(cluster)
+    _wait_serving(ds)
+    for i in range(20):
+        assert _call_retry(ds, "PUT", "kv", "d%d" % i, "v", "x") == "OK"
+    assert cl.write(["SPACE.DROP", "kv"]) == "OK"
+    # a new space of the same name is a new space: empty
+    assert cl.write(["SPACE.ADD", "space kv key k attributes v, int n create 8 partitions "
+                     "tolerate 1 failures"]) == "OK"
+    _wait_serving(ds)
+    wait_for(lambda: _call_retry(ds, "COUNT", "kv") == 0, 10, "the new kv empty")
+    for i in range(0, 20, 5):
+        assert _call_retry(ds, "GET", "kv", "d%d" % i) is None
+    # every daemon deleted the old space's data
+    for d in ds:
+        wait_for(lambda d=d: "event=space_data_dropped" in d.log_text(), 10,
+                 "%s deleted the dropped space's data" % d.name)
