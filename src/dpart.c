@@ -454,6 +454,19 @@ static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply, uint64
             kv_op_free(op);
             return;
         }
+        if (dup == REPL_DUP_PENDING) {
+            /* its first attempt is still committing: attach to it and answer
+             * with its result (computing it again would see the attempt's
+             * own effect: a retried CPUT would fail its own condition) */
+            int wrc = repl_write(p->r, REPL_E_PUT, op->key, op->klen, NULL, 0, client_id,
+                                 client_seq, NULL, 0, (uint64_t)(uintptr_t)reply, NULL);
+            if (wrc) {
+                resp_add_errorf(out, "ERR cannot replicate: %s", repl_strerror(wrc));
+                net_reply_done(reply);
+            }
+            kv_op_free(op);
+            return;
+        }
         if (dup == REPL_ESTALE) {
             resp_add_errorf(out,
                             "ERR stale request: client %" PRIu64 " already wrote a later "

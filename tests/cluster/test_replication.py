@@ -349,3 +349,24 @@ def test_drop_space_removes_its_data_everywhere(cluster):
     for d in ds:
         wait_for(lambda d=d: "event=space_data_dropped" in d.log_text(), 10,
                  "%s deleted the dropped space's data" % d.name)
+
+
+def test_retry_while_first_attempt_commits_gets_its_result(cluster):
+    """Regression: a SEQ retry that arrives while its first attempt is still
+    being replicated must get the first attempt's result, not a result
+    computed against the attempt's own effect (a CPUT failing its own
+    condition, a DEL answering 0)."""
+    cl, ds = _setup(cluster)
+    _wait_serving(ds)
+    assert _call_retry(ds, "PUT", "kv", "r", "v", "a", "n", "10") == "OK"
+    primary = _primary_of(ds, "r")
+    with primary.conn() as c:
+        c.send_many([("SEQ", "5", "1", "CPUT", "kv", "r", "IF", "v", "a", "SET", "v", "b"),
+                     ("SEQ", "5", "1", "CPUT", "kv", "r", "IF", "v", "a", "SET", "v", "b"),
+                     ("SEQ", "5", "2", "ADD", "kv", "r", "n", "1"),
+                     ("SEQ", "5", "2", "ADD", "kv", "r", "n", "1"),
+                     ("SEQ", "5", "3", "DEL", "kv", "r"),
+                     ("SEQ", "5", "3", "DEL", "kv", "r")])
+        got = [c.read() for _ in range(6)]
+    assert got == ["OK", "OK", 11, 11, 1, 1], got
+    assert _call_retry(ds, "GET", "kv", "r") is None

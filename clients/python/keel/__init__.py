@@ -51,6 +51,27 @@ themselves. The first call asks that address INFO server what it is:
 
 PING, ECHO, INFO and QUIT always go to the address given.
 
+Exactly-once writes (clusters). Every write (put, delete, cond_put,
+atomic_add, and PUT DEL CPUT ADD given to execute) is sent to the daemons as
+SEQ client_id client_seq <write> (docs/cluster.md): client_id is a random
+63-bit number chosen when the Client (or Admin) object is made, client_seq
+grows by one for every new write of that object, and every retry of a write
+carries the same pair. The daemons apply a write with a given pair once
+however often it is retried, through any daemon and across a failover (the
+client table is replicated), and answer a retry with the original result. So
+every write, ADD and CPUT included, is safe to retry after any failure,
+including a connection that broke after the request was sent, a timeout, or
+TRYAGAIN "may or may not have been applied". A SEQ given to execute is sent
+as it is (the caller's own ids) and retried the same way.
+
+This holds for one outstanding write per client id (per partition) at a
+time, so an object sends one write at a time: a thread's write call, with all
+its retries, holds the object's write lock, and other threads' writes through
+the same object wait for it (reads do not). An object copied into a forked
+process keeps its client id: make a new one there. If a write still fails
+when its retries run out, it may or may not have been applied; calling again
+is a new write (a new client_seq) and may apply it a second time.
+
 On a cluster a failed call is retried, for at most retry_timeout seconds
 (default 15) from its start: a server not yet tried in the call is tried at
 once, one already tried after a wait of 50 ms doubling up to 500 ms, and the
@@ -62,23 +83,14 @@ are retried depends on the command:
                      add_space and rm_space are retried too: if a first attempt
                      was applied but its answer lost, the retry answers ERR
                      (the space exists) or NOSPACE.
-  get, search, count connection errors, TRYAGAIN and NOQUORUM, on the next
-                     ONLINE daemon.
-  put, delete        the same (both are idempotent). A delete retried after
-                     its first attempt was applied answers False.
-  cond_put,          only when the error says the write was not applied: a
-  atomic_add         connection that could not be made or was found closed
-                     before the request was sent (KeelError.unsent), NOQUORUM,
-                     or a TRYAGAIN that does not say the write "may or may
-                     not" have been applied nor that the primary was
-                     "unreachable" from the daemon that forwarded it (the
-                     write may have reached the primary). Otherwise the
-                     KeelError is raised and the write may or may not have
-                     been applied: the caller decides (read the object back).
-                     Exactly-once retries (each write sent as SEQ client_id
-                     client_seq <write>, which the daemons apply once however
-                     often it is retried; docs/cluster.md) are future work
-                     for this client: it does not send SEQ yet.
+  data commands      connection errors (before or after the request was
+                     sent, timeouts included), TRYAGAIN and NOQUORUM, on the
+                     next ONLINE daemon. Reads are side-effect free and
+                     writes are exactly-once (above), so a retried write is
+                     answered as its first attempt was (a delete that was
+                     applied answers True, an atomic_add the one sum). ERR
+                     stale request (a later write of this client id was
+                     already accepted on the partition) is raised.
   any data command   NOSPACE from a daemon while the coordinators know the
                      space (its map is behind, e.g. just after add_space):
                      retried; nothing was applied.
@@ -90,19 +102,24 @@ disables retries. Direct routing to primaries (CLUSTER.MAP) is not done: the
 daemons forward.
 
 A Client or Admin may be shared between threads (each connection serves one
-call at a time); for parallel requests use one Client per thread.
+call at a time, and on a cluster one write call at a time is in flight, see
+above); for parallel requests use one Client per thread.
 
 Invariants:
   1. Every public method sends exactly the commands documented in
      docs/protocol.md for it (atomic_add: one ADD per attribute, in the order
-     given), re-sent only by the rules above; nothing else is sent except
-     SPACE.DESCRIBE (schema cache; whether a NOSPACE comes from a stale
-     daemon), one INFO server on first use, and on a cluster INFO lease to
-     daemons and CLUSTER.STATUS to coordinators (to learn addresses).
+     given; on a cluster each write wrapped in SEQ), re-sent only by the rules
+     above; nothing else is sent except SPACE.DESCRIBE (schema cache;
+     whether a NOSPACE comes from a stale daemon), one INFO server on first
+     use, and on a cluster INFO lease to daemons and CLUSTER.STATUS to
+     coordinators (to learn addresses).
   2. A method either returns a value built from well-formed replies or raises
      KeelError; it never returns partial results silently.
-  3. ADD and CPUT are re-sent only after an error that says the previous
-     attempt was not applied, so this client never applies them twice.
+  3. On a cluster, all attempts of one write call carry the same
+     (client_id, client_seq), a new write call gets a larger client_seq than
+     every earlier one of the object, and no two write calls of one object
+     overlap, so the daemons apply each write call at most once. On a
+     standalone server nothing is re-sent.
   4. Retries are bounded: no wait ends after the call's deadline, and no
      attempt starts after it.
 """
@@ -125,10 +142,12 @@ MIN_ATTEMPT_TIMEOUT = 0.1    # a retry gets at least this long to answer
 SUSPECT_SECONDS = 2.0        # an address that failed is avoided this long
 DISCOVERY_SECONDS = 2.0      # bound on learning the cluster on first use
 
-# Data commands and how they may be retried (see the module documentation).
+# Data commands (see the module documentation): reads, writes (sent as SEQ
+# on a cluster), and SEQ itself (a write the caller already numbered).
 _DATA_KINDS = {"GET": "read", "SEARCH": "read", "COUNT": "read",
-               "PUT": "idempotent", "DEL": "idempotent",
-               "ADD": "once", "CPUT": "once"}
+               "PUT": "write", "DEL": "write", "ADD": "write", "CPUT": "write",
+               "SEQ": "seq"}
+MAX_CLIENT_ID = (1 << 63) - 1
 # Commands always answered by the address given.
 _LOCAL = ("PING", "ECHO", "INFO", "QUIT")
 
@@ -167,15 +186,6 @@ def _leader_of(message):
     if len(words) >= 3 and words[0] == "leader" and words[1] == "is":
         return _parse_addr(words[2])
     return None
-
-
-def _maybe_applied(message):
-    """True if a TRYAGAIN text leaves open whether a write was applied: the
-    primary lost its role mid-write ('may or may not'), or the daemon that
-    forwarded it lost the primary ('unreachable': the write may have reached
-    it before the connection broke)."""
-    m = message.lower()
-    return "may or may not" in m or "unreachable" in m
 
 
 def _check(reply):
@@ -236,6 +246,11 @@ class _Base:
         self._didx = 0                   # the daemon to ask next
         self._suspect = {}               # address -> monotonic time it failed
         self._daemons_known = False      # _daemons came from CLUSTER.STATUS
+        # Exactly-once writes: one write call in flight at a time (held for
+        # the whole call, retries included; taken before _lock, never after).
+        self._write_lock = threading.Lock()
+        self._client_id = random.SystemRandom().randint(1, MAX_CLIENT_ID)
+        self._client_seq = 0             # the last client_seq used
 
     def close(self):
         """Closes every connection (a later call opens new ones)."""
@@ -251,6 +266,11 @@ class _Base:
     def __exit__(self, *exc):
         self.close()
         return False
+
+    @property
+    def client_id(self):
+        """The random id this object's writes carry on a cluster (SEQ)."""
+        return self._client_id
 
     @property
     def mode(self):
@@ -290,7 +310,14 @@ class _Base:
         kind = _DATA_KINDS.get(name)
         if kind is None:
             return self._coord_call(args, time.monotonic() + self.retry_timeout, True)
-        return self._data_call(kind, args)
+        if kind == "read":
+            return self._data_call(args, args)
+        if kind == "seq":
+            return self._data_call(args, args[3:])
+        with self._write_lock:
+            self._client_seq += 1
+            return self._data_call(("SEQ", self._client_id, self._client_seq) + tuple(args),
+                                   args)
 
     def _discover(self):
         with self._lock:
@@ -510,9 +537,10 @@ class _Base:
             self._daemons_known = True
         return None
 
-    def _data_call(self, kind, args):
+    def _data_call(self, args, body):
         """A data command to the daemons, retried by the rules in the module
-        documentation."""
+        documentation. args is what is sent; body is the command itself
+        (args without a SEQ prefix)."""
         deadline = time.monotonic() + self.retry_timeout
         why = None  # why the daemon list could not be refreshed
         if self._mode == "coordinator" and not self._daemons_known:
@@ -533,16 +561,13 @@ class _Base:
                 tried.add(addr)
                 if not isinstance(r, KeelError):
                     return r
-            if r.code == "CONNECTION":
-                retry = kind != "once" or r.unsent
-            elif r.code == "TRYAGAIN":
-                retry = kind != "once" or not _maybe_applied(r.message)
-            elif r.code == "NOQUORUM":
+            if r.code in ("CONNECTION", "TRYAGAIN", "NOQUORUM"):
+                # Reads have no effect; writes carry SEQ (exactly once).
                 retry = True
-            elif r.code == "NOSPACE" and len(args) > 1:
+            elif r.code == "NOSPACE" and len(body) > 1:
                 # A daemon answers NOSPACE for a space it has not heard of
                 # yet; the coordinators know better. Nothing was applied.
-                space_known = space_known or self._space_exists(args[1], deadline)
+                space_known = space_known or self._space_exists(body[1], deadline)
                 retry = space_known
             else:
                 retry = False
