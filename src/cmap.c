@@ -831,6 +831,46 @@ static int apply_replica_failed(cmap *m, rd *r, cmap_result *res)
     return 0;
 }
 
+static int apply_remove_backups(cmap *m, rd *r, cmap_result *res)
+{
+    uint64_t id = rd_u64(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    const cmap_daemon *d = cmap_daemon_find(m, id);
+    if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
+    if (d->state == CMAP_D_ONLINE)
+        return refuse(res, "ERR daemon %" PRIu64 " is ONLINE: mark it SUSPECT first", id);
+    uint32_t changes = 0;
+    for (uint32_t s = 0; s < m->nspaces; s++) {
+        const cmap_space *sp = &m->spaces[s];
+        for (uint32_t p = 0; p < sp->schema->partitions; p++) {
+            const cmap_partition *pt = &sp->parts[p];
+            int k = replica_index(pt, id);
+            if (k <= 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
+            if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, p);
+            changes++;
+        }
+    }
+    if (!changes)
+        return refuse(res, "ERR daemon %" PRIu64 " backs up no partition it can leave", id);
+    for (uint32_t s = 0; s < m->nspaces; s++) {
+        cmap_space *sp = &m->spaces[s];
+        for (uint32_t p = 0; p < sp->schema->partitions; p++) {
+            cmap_partition *pt = &sp->parts[p];
+            int k = replica_index(pt, id);
+            if (k <= 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
+            memmove(&pt->replicas[k], &pt->replicas[k + 1],
+                    (pt->nreplicas - (uint32_t)k - 1) * sizeof pt->replicas[0]);
+            pt->nreplicas--;
+            memset(&pt->replicas[pt->nreplicas], 0, sizeof pt->replicas[0]);
+            departed_add(pt, id);
+            pt->epoch++;
+            part_refresh(m, pt, sp->schema->tolerate);
+        }
+    }
+    return 0;
+}
+
 static int apply_add_replica(cmap *m, rd *r, cmap_result *res)
 {
     uint32_t sid = rd_u32(r);
@@ -1041,6 +1081,9 @@ int cmap_apply(cmap *m, const void *cmd, size_t len, cmap_result *res)
     case CMAP_CMD_HANDOFF:
         rc = apply_handoff(m, &r, res);
         break;
+    case CMAP_CMD_REMOVE_BACKUPS:
+        rc = apply_remove_backups(m, &r, res);
+        break;
     default:
         return malformed(res);
     }
@@ -1141,6 +1184,12 @@ void cmap_cmd_replica_in_sync(buf *out, uint32_t space_id, uint32_t part, uint64
 void cmap_cmd_handoff(buf *out, uint32_t space_id, uint32_t part, uint64_t new_primary)
 {
     part_cmd(out, CMAP_CMD_HANDOFF, space_id, part, new_primary);
+}
+
+void cmap_cmd_remove_backups(buf *out, uint64_t daemon_id)
+{
+    cmd_head(out, CMAP_CMD_REMOVE_BACKUPS);
+    buf_put_u64be(out, daemon_id);
 }
 
 const cmap_coordinator *cmap_coordinator_find(const cmap *m, uint64_t id)

@@ -90,7 +90,8 @@ enum cmap_cmd_type {
     CMAP_CMD_REPLICA_FAILED = 9,
     CMAP_CMD_ADD_REPLICA = 10,
     CMAP_CMD_REPLICA_IN_SYNC = 11,
-    CMAP_CMD_HANDOFF = 12
+    CMAP_CMD_HANDOFF = 12,
+    CMAP_CMD_REMOVE_BACKUPS = 13
     /* numbers are never reused; new commands take new numbers */
 };
 
@@ -233,6 +234,14 @@ void cmap_cmd_add_replica(buf *out, uint32_t space_id, uint32_t part, uint64_t d
 void cmap_cmd_replica_in_sync(buf *out, uint32_t space_id, uint32_t part, uint64_t daemon_id,
                               uint64_t epoch);
 void cmap_cmd_handoff(buf *out, uint32_t space_id, uint32_t part, uint64_t new_primary);
+/* REMOVE_BACKUPS: the daemon is SUSPECT (a primary found its replication port
+ * refusing connections: nothing listens there) or down. It is removed from
+ * every partition where it is a backup, as REPLICA_FAILED would (the last
+ * IN_SYNC replica is kept, removed ones are departed); partitions it leads are
+ * untouched: a primary is replaced only once its lease must have run out.
+ * Safe at once because backups serve nothing. Refused: unknown daemon, daemon
+ * ONLINE, nothing to remove. */
+void cmap_cmd_remove_backups(buf *out, uint64_t daemon_id);
 
 /* Lookups (NULL if absent). Pointers are valid until the next cmap_apply. */
 const cmap_space *cmap_space_find(const cmap *m, const char *name, size_t len);

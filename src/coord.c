@@ -686,7 +686,7 @@ static void leader_duties(coord *co)
     if (co->quorum_since_ms && now - base >= pt) {
         for (uint32_t i = 0; i < co->map->ndaemons; i++) {
             const cmap_daemon *d = &co->map->daemons[i];
-            if (d->state != CMAP_D_ONLINE) continue;
+            if (d->state != CMAP_D_ONLINE && d->state != CMAP_D_SUSPECT) continue;
             hb_entry *h = hb_find(co, d->id, true);
             if (!h) continue;
             uint64_t since = h->last_ms > base ? h->last_ms : base;
@@ -1002,6 +1002,7 @@ static const struct {
     {"DAEMON.HEARTBEAT", 2, 2, K_LEADER},
     {"DAEMON.CAUGHT_UP", 6, 6, K_WRITE},
     {"DAEMON.HANDOFF", 2, 2, K_WRITE},
+    {"DAEMON.UNREACHABLE", 3, 3, K_WRITE},
 };
 
 static bool parse_u64(const char *s, size_t len, uint64_t *out)
@@ -1349,6 +1350,36 @@ static void cmd_write(coord *co, net_conn *c, int argc, char **argv, size_t *arg
         cmd_remove(co, c, argv, argvlen);
     } else if (is(argv[0], argvlen[0], "DAEMON.REGISTER")) {
         cmd_register(co, c, argc, argv, argvlen);
+    } else if (is(argv[0], argvlen[0], "DAEMON.UNREACHABLE")) {
+        /* DAEMON.UNREACHABLE reporter daemon: a primary found the daemon's
+         * replication port refusing connections (nothing listens: the process
+         * is gone). Backups serve nothing, so it leaves the partitions it
+         * backs up at once (SUSPECT, then REMOVE_BACKUPS) and writes stop
+         * waiting for it; the partitions it leads fail over only once its
+         * lease must have run out (DESIGN I1), as for any silent daemon. */
+        uint64_t from, id;
+        if (!parse_u64(argv[1], argvlen[1], &from) || !parse_u64(argv[2], argvlen[2], &id)) {
+            resp_add_error(net_reply_now(c), "ERR usage: DAEMON.UNREACHABLE reporter daemon");
+        } else {
+            const cmap_daemon *d = cmap_daemon_find(co->map, id);
+            const cmap_daemon *r = cmap_daemon_find(co->map, from);
+            int n = 0;
+            if (d && r && d->state == CMAP_D_ONLINE && r->state == CMAP_D_ONLINE && from != id) {
+                buf_reset(&cmd);
+                cmap_cmd_set_daemon_state(&cmd, id, CMAP_D_SUSPECT, wall_ms());
+                if (propose(co, &cmd, P_INTERNAL, NULL, NULL)) {
+                    n = 1;
+                    buf_reset(&cmd);
+                    cmap_cmd_remove_backups(&cmd, id);
+                    propose(co, &cmd, P_INTERNAL, NULL, NULL);
+                    log_warn("event=daemon_suspect daemon=%" PRIu64 " reporter=%" PRIu64
+                             ": its replication port refuses connections; removing it as a "
+                             "backup",
+                             id, from);
+                }
+            }
+            resp_add_int(net_reply_now(c), n);
+        }
     } else if (is(argv[0], argvlen[0], "DAEMON.HANDOFF")) {
         /* clean shutdown: every partition the daemon leads gets its first
          * in-sync backup on an ONLINE daemon as primary (cmap HANDOFF); the

@@ -1099,8 +1099,9 @@ static void heartbeat_failed(dstate *d, size_t slot, const char *why, bool move_
 {
     d->hb_failed++;
     if (d->fail_streak++ % 20 == 0)
-        log_warn("heartbeat to %s failed: %s (%u in a row)", coord_name(d, slot), why,
-                 d->fail_streak);
+        log_error("event=coordinator_unreachable daemon=%llu coordinator=%s: heartbeat failed: "
+                  "%s (%u in a row)",
+                  (unsigned long long)d->id.daemon_id, coord_name(d, slot), why, d->fail_streak);
     if (move_on) fail_over(d, slot);
 }
 

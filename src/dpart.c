@@ -119,8 +119,9 @@ typedef struct gather_part {
 
 typedef struct dp_peer {
     uint64_t id;
-    rclient *repl; /* to its peer port */
-    rclient *fwd;  /* to its client port */
+    rclient *repl;        /* to its peer port */
+    rclient *fwd;         /* to its client port */
+    uint64_t reported_ms; /* when DAEMON.UNREACHABLE was last sent for it */
 } dp_peer;
 
 struct dpart {
@@ -643,7 +644,11 @@ static void part_configure(dpart *dp, dp_part *p, const cmap_partition *pt)
         ids[i] = pt->replicas[i].daemon;
         states[i] = pt->replicas[i].state;
     }
+    bool was_serving = repl_readable(p->r);
     int rc = repl_config(p->r, pt->epoch, ids, states, pt->nreplicas);
+    if (was_serving && !repl_readable(p->r))
+        log_notice("event=partition_stopped_serving space=%u partition=%u epoch=%" PRIu64,
+                   p->space, p->part, pt->epoch);
     if (rc && rc != REPL_ESTALE)
         log_warn("partition %u/%u: configuration of epoch %" PRIu64 " refused: %s", p->space,
                  p->part, pt->epoch, repl_strerror(rc));
@@ -1225,10 +1230,46 @@ static void peer_dispatch(void *arg, net_conn *c, int argc, char **argv, size_t 
 
 static void drop_gone_spaces(dpart *dp);
 
+/* A backup whose replication port refuses connections has no process behind
+ * it: tell the coordinator, which takes it out of the partitions it backs up
+ * at once so commits stop waiting for it (DESIGN section 6). Once a second
+ * per daemon at most. */
+static void report_unreachable_backups(dpart *dp)
+{
+    uint64_t now = uv_now(dp->loop);
+    for (size_t i = 0; i < dp->npeers; i++) {
+        dp_peer *pe = &dp->peers[i];
+        if (!rclient_refused(pe->repl) || now - pe->reported_ms < 1000) continue;
+        const cmap_daemon *d = cmap_daemon_find(dp->map, pe->id);
+        if (!d || d->state != CMAP_D_ONLINE) continue;
+        bool backs_up_mine = false;
+        for (uint32_t s = 0; s < dp->map->nspaces && !backs_up_mine; s++) {
+            const cmap_space *cs = &dp->map->spaces[s];
+            for (uint32_t p = 0; p < cs->schema->partitions && !backs_up_mine; p++) {
+                const cmap_partition *pt = &cs->parts[p];
+                if (!pt->nreplicas || pt->replicas[0].daemon != dp->o.self) continue;
+                for (uint32_t j = 1; j < pt->nreplicas; j++)
+                    backs_up_mine = backs_up_mine || pt->replicas[j].daemon == pe->id;
+            }
+        }
+        if (!backs_up_mine) continue;
+        pe->reported_ms = now;
+        char a[2][24];
+        snprintf(a[0], sizeof a[0], "%" PRIu64, dp->o.self);
+        snprintf(a[1], sizeof a[1], "%" PRIu64, pe->id);
+        const char *argv[3] = {"DAEMON.UNREACHABLE", a[0], a[1]};
+        log_warn("event=backup_unreachable daemon=%" PRIu64 ": its replication port %s refuses "
+                 "connections",
+                 pe->id, rclient_addr(pe->repl));
+        if (dp->o.report) dp->o.report(dp->o.report_arg, 3, argv);
+    }
+}
+
 static void on_tick(uv_timer_t *t)
 {
     dpart *dp = t->data;
     gather_poll(dp);
+    report_unreachable_backups(dp);
     drop_gone_spaces(dp); /* parts that were busy when their space was dropped */
     for (dp_part *p = dp->parts; p; p = p->next) {
         if (p->retry && p->busy) {

@@ -42,6 +42,7 @@ struct rclient {
     uv_timer_t timer;            /* timeouts and deferred callbacks */
     uint64_t retry_at;
     bool closing;
+    bool refused; /* the last connection attempt was refused */
     int handles;
 };
 
@@ -74,6 +75,11 @@ const char *rclient_addr(const rclient *c)
 bool rclient_connected(const rclient *c)
 {
     return c->state == OPEN;
+}
+
+bool rclient_refused(const rclient *c)
+{
+    return c->refused;
 }
 
 static void arm_timer(rclient *c, uint64_t ms)
@@ -232,9 +238,11 @@ static void on_connect(uv_connect_t *cr, int status)
         return;
     }
     if (status < 0) {
+        c->refused = status == UV_ECONNREFUSED;
         fail(c, status);
         return;
     }
+    c->refused = false;
     c->state = OPEN;
     uv_tcp_nodelay(c->tcp, 1);
     if (uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read)) {

@@ -47,6 +47,9 @@ void rclient_send(rclient *c, int argc, const char *const *argv, const size_t *a
 /* Sends already-encoded request bytes (one request). */
 void rclient_send_raw(rclient *c, const void *data, size_t len, rclient_cb cb, void *arg);
 bool rclient_connected(const rclient *c);
+/* True if the last connection attempt was refused (nothing listened there)
+ * and none has succeeded since. */
+bool rclient_refused(const rclient *c);
 /* Fails everything pending (their callbacks run with UV_ECANCELED before this
  * returns), closes, and frees c once its handles and requests are gone. */
 void rclient_close(rclient *c);

@@ -19,8 +19,9 @@ A history is a list of events (dicts), in the order they were recorded:
 - key: the object (registers and counters are checked per key).
 - value: at invoke, the argument (written value, [from, to] for cas, delta
   for add, element for element-add, None for reads); at completion, the
-  result (value read, None for not found; the new value ADD returned; the
-  list of elements for read-all). A completion may repeat the argument.
+  result, or None when there is none: the value read (None = not found),
+  the new value ADD returned, the list of elements read-all returned. The
+  argument is never repeated in the completion (pair() keeps both).
 - time: nanoseconds from ONE monotonic clock (time.monotonic_ns() in the
   recording process); only differences and order matter.
 - error (optional, completions): the error code of a fail ("CMPFAIL",
@@ -75,7 +76,7 @@ class Recorder:
         if type_ not in ("ok", "fail", "info"):
             raise HistoryError("completion type must be ok, fail or info, not %r" % (type_,))
         ev = {"process": handle["process"], "type": type_, "f": handle["f"],
-              "key": handle["key"], "value": handle["value"] if value is None else value}
+              "key": handle["key"], "value": value}
         if error is not None:
             ev["error"] = error
         return self._append(ev)

@@ -370,3 +370,30 @@ def test_retry_while_first_attempt_commits_gets_its_result(cluster):
         got = [c.read() for _ in range(6)]
     assert got == ["OK", "OK", 11, 11, 1, 1], got
     assert _call_retry(ds, "GET", "kv", "r") is None
+
+
+def test_dead_backup_is_removed_without_waiting_for_its_lease(cluster):
+    """A daemon killed -9 leaves the partitions it backs up at once: its
+    primaries' connections to its replication port are refused, they report
+    it, and the coordinator removes it as a backup (backups serve nothing, so
+    no lease has to run out). With ping_timeout_ms at 10 s, writes to
+    partitions whose primary is alive must not wait for it."""
+    cl, ds = _setup(cluster)
+    cl.write(["CLUSTER.CONFIG", "SET", "ping_timeout_ms", "10000"])
+    _wait_serving(ds)
+    keys = ["b%d" % i for i in range(24)]
+    for k in keys:
+        assert _call_retry(ds, "PUT", "kv", k, "v", "before") == "OK"
+    victim = ds[2]
+    alive_primary = [k for k in keys if _primary_of(ds, k) is not victim]
+    victim.kill9()
+    t0 = time.monotonic()
+    for k in alive_primary:
+        r = _call_retry(ds[:2], "PUT", "kv", k, "v", "after", timeout=20)
+        assert r == "OK", (k, r)
+    took = time.monotonic() - t0
+    assert took < 5.0, "writes waited %.1f s: the dead backup was not removed early" % took
+    log = "".join(d.log_text() for d in ds[:2])
+    assert "event=backup_unreachable" in log
+    for k in alive_primary:
+        assert _call_retry(ds[:2], "GET", "kv", k)[1] == b"after"

@@ -1905,6 +1905,49 @@ static void test_coordinators(void **state)
     cmap_free(m);
 }
 
+/* REMOVE_BACKUPS takes a SUSPECT daemon out of the partitions it backs up,
+ * never out of those it leads, and never removes a last in-sync replica. */
+static void test_remove_backups(void **state)
+{
+    (void)state;
+    cmap *m = cmap_new();
+    bootstrap(m, 9, false);
+    for (int i = 0; i < 3; i++) add_daemon(m, "h", (uint16_t)(10 + i), 0);
+    add_space(m, "space s key k create 6 partitions tolerate 1 failures");
+    buf b;
+    buf_init(&b);
+    cmap_cmd_remove_backups(&b, 2);
+    expect_refused(m, &b, "ERR daemon 2 is ONLINE: mark it SUSPECT first");
+    set_state(m, 2, CMAP_D_SUSPECT, 5);
+    const cmap_space *sp = &m->spaces[0];
+    uint64_t epochs[6];
+    int led = 0, backed = 0;
+    for (int p = 0; p < 6; p++) {
+        epochs[p] = sp->parts[p].epoch;
+        led += sp->parts[p].replicas[0].daemon == 2;
+        backed += sp->parts[p].nreplicas > 1 && sp->parts[p].replicas[1].daemon == 2;
+    }
+    assert_true(led > 0 && backed > 0);
+    cmap_cmd_remove_backups(&b, 2);
+    expect_ok(m, &b);
+    sp = &m->spaces[0];
+    for (int p = 0; p < 6; p++) {
+        const cmap_partition *pt = &sp->parts[p];
+        if (pt->replicas[0].daemon == 2) {
+            assert_int_equal(pt->epoch, epochs[p]); /* led: untouched */
+            assert_int_equal(pt->nreplicas, 2);
+        } else {
+            for (uint32_t j = 0; j < pt->nreplicas; j++) assert_int_not_equal(pt->replicas[j].daemon, 2);
+        }
+    }
+    check_invariants(m);
+    roundtrip(m);
+    cmap_cmd_remove_backups(&b, 2);
+    expect_refused(m, &b, "ERR daemon 2 backs up no partition it can leave");
+    buf_free(&b);
+    cmap_free(m);
+}
+
 /* The cluster's sync requirement: a word setting, persisted (format 4),
  * refused for anything but any/always/batch/none. */
 static void test_sync_setting(void **state)
@@ -2607,6 +2650,7 @@ int main(void)
         cmocka_unit_test(test_decode_invalid),
         cmocka_unit_test(test_coordinators),
         cmocka_unit_test(test_sync_setting),
+        cmocka_unit_test(test_remove_backups),
         cmocka_unit_test(test_decode_too_many_replicas),
         cmocka_unit_test(test_replica_failed_backup),
         cmocka_unit_test(test_replica_failed_primary),
