@@ -38,6 +38,7 @@
 
 #include "buf.h"
 #include "commit.h"
+#include "dcopy.h"
 #include "kv.h"
 #include "log.h"
 #include "rclient.h"
@@ -49,7 +50,7 @@
 #define FORWARD_TIMEOUT_MS 5000
 #define PEER_TIMEOUT_MS 3000
 
-enum { IN_MSG = 1, IN_WRITE };
+enum { IN_MSG = 1, IN_WRITE, IN_INSTALL };
 
 typedef struct dp_input {
     struct dp_input *next;
@@ -58,6 +59,7 @@ typedef struct dp_input {
     kv_op *op;                      /* IN_WRITE */
     net_reply *reply;               /* IN_WRITE */
     uint64_t client_id, client_seq; /* IN_WRITE: exactly-once identity, or 0 */
+    dcopy_reader *copy;             /* IN_INSTALL: a finished full copy */
 } dp_input;
 
 typedef struct dp_wait {
@@ -72,8 +74,11 @@ typedef struct dp_part dp_part;
 typedef struct dp_item {
     commit_item base; /* first */
     dpart *dp;
-    dp_part *p;          /* a part's Ready, or NULL: */
+    dp_part *p;          /* a part's Ready (or its full-copy install), or NULL: */
     uint32_t drop_space; /* delete a dropped space's data (the item is heap-allocated) */
+    dcopy_reader *copy;  /* an install: the finished copy */
+    bool keep_log;
+    store_repl_meta meta_out;
 } dp_item;
 
 struct dp_part {
@@ -88,6 +93,8 @@ struct dp_part {
     bool retry; /* the last group commit failed: submit again */
     dp_input *in_head, *in_tail;
     dp_wait *waits;
+    dcopy_reader *incoming; /* a full copy being received (replica side) */
+    uint64_t incoming_xfer;
     uint64_t cfg_epoch; /* configuration given to repl */
     bool cfg_pending;   /* a newer configuration waits for the part to be idle */
     dp_part *next;      /* all parts */
@@ -138,11 +145,15 @@ struct dpart {
     dp_part *parts;
     dp_peer peers[CMAP_MAX_DAEMONS];
     size_t npeers;
-    gather *waiting; /* searches waiting for their turn on their connection */
+    gather *waiting;    /* searches waiting for their turn on their connection */
+    struct xfer *xfers; /* full copies being sent */
+    uint64_t next_xfer;
     bool stopping;
 };
 
 static void part_pump(dpart *dp, dp_part *p);
+static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id);
+static void install_copy(dpart *dp, dp_part *p, dcopy_reader *r);
 static void gather_poll(dpart *dp);
 
 /* ---- helpers -------------------------------------------------------------------- */
@@ -296,13 +307,7 @@ static void handle_events(dpart *dp, dp_part *p, const repl_ready *rd)
                      p->part, e->epoch);
             break;
         case REPL_EV_NEED_COPY:
-            /* This version replays logs only (docs/status.md): the replica
-             * stays CATCHING_UP and the partition DEGRADED, which keel status
-             * shows; nothing acknowledged is at risk. */
-            log_error("event=full_copy_needed space=%u partition=%u daemon=%" PRIu64
-                      ": its log position is older than this primary's retained log; this "
-                      "version cannot send full copies, so it stays catching up",
-                      p->space, p->part, e->peer);
+            start_copy(dp, p, e->peer);
             break;
         case REPL_EV_CAUGHT_UP: {
             log_notice("event=replica_caught_up space=%u partition=%u daemon=%" PRIu64
@@ -340,6 +345,28 @@ static void on_ready_done(void *arg, commit_item *list)
             free(it);
             continue;
         }
+        if (it->copy) {
+            /* a full copy's install: repl already took its seq
+             * (repl_install_snapshot); the store now matches */
+            if (it->base.status) {
+                /* repl already moved to the copy's seq: its state and the
+                 * store disagree now, so stop (fail-stop); a restart reloads
+                 * both from the store, and the primary copies again */
+                log_error("event=storage_error partition %u/%u: installing a full copy failed: "
+                          "%s; stopping so that a restart starts from the store",
+                          p->space, p->part, mdb_strerror(it->base.status));
+                exit(1);
+            } else {
+                p->meta = it->meta_out;
+                log_notice("event=full_copy_installed space=%u partition=%u seq=%" PRIu64, p->space,
+                           p->part, it->meta_out.applied);
+            }
+            dcopy_reader_free(it->copy);
+            it->copy = NULL;
+            p->busy = false;
+            part_pump(dp, p);
+            continue;
+        }
         if (it->base.status) {
             log_error("event=storage_error partition %u/%u: %s; retrying", p->space, p->part,
                       mdb_strerror(it->base.status));
@@ -369,6 +396,148 @@ static void on_ready_done(void *arg, commit_item *list)
     gather_poll(dp);
 }
 
+/* ---- full copies (primary side) ------------------------------------------------------ */
+
+/* A full copy being sent: the image is taken in one read transaction and sent
+ * in chunks over a connection of its own (COPY.BEGIN, COPY.CHUNK..., COPY.END),
+ * so replication messages do not wait behind it. */
+typedef struct xfer {
+    struct xfer *next;
+    dpart *dp;
+    uint64_t id, peer;
+    uint32_t space, part;
+    rclient *rc;
+    buf image;
+    unsigned pending; /* requests not answered yet */
+    bool failed;
+} xfer;
+
+static void xfer_free(dpart *dp, xfer *x)
+{
+    for (xfer **pp = &dp->xfers; *pp; pp = &(*pp)->next)
+        if (*pp == x) {
+            *pp = x->next;
+            break;
+        }
+    buf_free(&x->image);
+    rclient_close(x->rc);
+    free(x);
+}
+
+static void on_copy_reply(void *arg, const resp_reply *r, int status)
+{
+    xfer *x = arg;
+    if (status < 0 || !r || r->type == RESP_R_ERROR) {
+        if (!x->failed)
+            log_warn("full copy %" PRIu64 " of partition %u/%u to daemon %" PRIu64
+                     " failed: %s; repl asks again",
+                     x->id, x->space, x->part, x->peer,
+                     r && r->type == RESP_R_ERROR ? r->str : uv_strerror(status));
+        x->failed = true;
+    }
+    if (--x->pending == 0) {
+        if (!x->failed)
+            log_notice("event=full_copy_sent space=%u partition=%u daemon=%" PRIu64 " bytes=%zu",
+                       x->space, x->part, x->peer, x->image.len);
+        xfer_free(x->dp, x);
+    }
+}
+
+static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id)
+{
+    for (xfer *x = dp->xfers; x; x = x->next)
+        if (x->space == p->space && x->part == p->part && x->peer == peer_id) return;
+    const cmap_daemon *d = cmap_daemon_find(dp->map, peer_id);
+    if (!d) return;
+    xfer *x = calloc(1, sizeof *x);
+    if (!x) abort();
+    x->dp = dp;
+    x->id = ++dp->next_xfer;
+    x->peer = peer_id;
+    x->space = p->space;
+    x->part = p->part;
+    buf_init(&x->image);
+    uint64_t seq, seq_epoch;
+    int rc = dcopy_snapshot(dp->st, p->sp, p->part, &seq, &seq_epoch, &x->image);
+    if (rc) {
+        log_warn("partition %u/%u: cannot take a full copy for daemon %" PRIu64 ": %s", p->space,
+                 p->part, peer_id, dcopy_strerror(rc));
+        buf_free(&x->image);
+        free(x);
+        return;
+    }
+    x->rc = rclient_new(dp->loop, d->host, d->peer_port, dp->o.host, 30000);
+    x->next = dp->xfers;
+    dp->xfers = x;
+    log_notice("event=full_copy_started space=%u partition=%u daemon=%" PRIu64 " seq=%" PRIu64
+               " bytes=%zu",
+               p->space, p->part, peer_id, seq, x->image.len);
+    char a[7][24];
+    snprintf(a[0], sizeof a[0], "%" PRIu64, x->id);
+    snprintf(a[1], sizeof a[1], "%" PRIu64, dp->o.self);
+    snprintf(a[2], sizeof a[2], "%" PRIu64, peer_id);
+    snprintf(a[3], sizeof a[3], "%u", p->space);
+    snprintf(a[4], sizeof a[4], "%u", p->part);
+    snprintf(a[5], sizeof a[5], "%" PRIu64, seq);
+    snprintf(a[6], sizeof a[6], "%zu", x->image.len);
+    const char *begin[8] = {"COPY.BEGIN", a[0], a[1], a[2], a[3], a[4], a[5], a[6]};
+    x->pending++;
+    rclient_send(x->rc, 8, begin, NULL, on_copy_reply, x);
+    dcopy_writer w;
+    dcopy_writer_init(&w, x->image.data, x->image.len, DCOPY_DEFAULT_CHUNK);
+    const void *chunk;
+    size_t n;
+    uint64_t off;
+    while (dcopy_writer_next(&w, &chunk, &n, &off)) {
+        char o[24];
+        snprintf(o, sizeof o, "%" PRIu64, off);
+        const char *av[4] = {"COPY.CHUNK", a[0], o, chunk};
+        size_t al[4] = {10, strlen(a[0]), strlen(o), n};
+        x->pending++;
+        rclient_send(x->rc, 4, av, al, on_copy_reply, x);
+    }
+    const char *end[2] = {"COPY.END", a[0]};
+    x->pending++;
+    rclient_send(x->rc, 2, end, NULL, on_copy_reply, x);
+}
+
+/* ---- full copies (replica side) ----------------------------------------------------- */
+
+static int exec_install(store_txn *t, commit_item *ci)
+{
+    dp_item *it = (dp_item *)ci;
+    return dcopy_install(t, it->copy, it->keep_log, &it->meta_out);
+}
+
+/* Installs a finished copy: repl first (it decides which stored log to keep),
+ * then one storage transaction; the part stays busy until it committed, so
+ * the next Ready follows the install (docs/replication.md, Full copy). */
+static void install_copy(dpart *dp, dp_part *p, dcopy_reader *r)
+{
+    dcopy_header h;
+    const repl_client *rows;
+    size_t n;
+    bool keep_log = false;
+    int rc = dcopy_reader_header(r, &h);
+    if (!rc) rc = dcopy_reader_clients(r, &rows, &n);
+    if (!rc) rc = repl_install_snapshot(p->r, h.seq, h.seq_epoch, rows, n, &keep_log);
+    if (rc) {
+        log_warn("partition %u/%u: full copy through seq %" PRIu64 " not installed: %d", p->space,
+                 p->part, h.seq, rc);
+        dcopy_reader_free(r);
+        return;
+    }
+    p->busy = true;
+    memset(&p->item, 0, sizeof p->item);
+    p->item.base.exec = exec_install;
+    p->item.dp = dp;
+    p->item.p = p;
+    p->item.copy = r;
+    p->item.keep_log = keep_log;
+    buf_init(&p->item.base.reply);
+    commit_submit(dp->cm, &p->item.base, &p->item.base);
+}
+
 /* ---- driving a part --------------------------------------------------------------- */
 
 static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply, uint64_t client_id,
@@ -388,6 +557,10 @@ static void part_pump(dpart *dp, dp_part *p)
                 repl_msg_free(&m);
             }
             buf_free(&in->bytes);
+        } else if (in->kind == IN_INSTALL) {
+            install_copy(dp, p, in->copy);
+            free(in);
+            continue;
         } else {
             write_now(dp, p, in->op, in->reply, in->client_id, in->client_seq);
         }
@@ -647,8 +820,8 @@ static void part_configure(dpart *dp, dp_part *p, const cmap_partition *pt)
     bool was_serving = repl_readable(p->r);
     int rc = repl_config(p->r, pt->epoch, ids, states, pt->nreplicas);
     if (was_serving && !repl_readable(p->r))
-        log_notice("event=partition_stopped_serving space=%u partition=%u epoch=%" PRIu64,
-                   p->space, p->part, pt->epoch);
+        log_notice("event=partition_stopped_serving space=%u partition=%u epoch=%" PRIu64, p->space,
+                   p->part, pt->epoch);
     if (rc && rc != REPL_ESTALE)
         log_warn("partition %u/%u: configuration of epoch %" PRIu64 " refused: %s", p->space,
                  p->part, pt->epoch, repl_strerror(rc));
@@ -684,6 +857,7 @@ static void drop_gone_spaces(dpart *dp)
                 net_reply_done(in->reply);
                 kv_op_free(in->op);
             }
+            if (in->copy) dcopy_reader_free(in->copy);
             buf_free(&in->bytes);
             free(in);
         }
@@ -708,6 +882,7 @@ static void drop_gone_spaces(dpart *dp)
             buf_init(&it->base.reply);
             commit_submit(dp->cm, &it->base, &it->base);
         }
+        if (p->incoming) dcopy_reader_free(p->incoming);
         repl_free(p->r);
         kv_space_unref(p->sp);
         free(p);
@@ -1197,9 +1372,98 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
 
 /* ---- peers ---------------------------------------------------------------------------- */
 
+static bool arg_u64(const char *p, size_t n, uint64_t *out)
+{
+    char t[24];
+    if (n == 0 || n >= sizeof t) return false;
+    memcpy(t, p, n);
+    t[n] = 0;
+    char *end;
+    unsigned long long v = strtoull(t, &end, 10);
+    if (*end || t[0] == '-') return false;
+    *out = v;
+    return true;
+}
+
+/* The replica side of a full copy: COPY.BEGIN xfer from to space part seq
+ * bytes, COPY.CHUNK xfer offset data..., COPY.END xfer. Nothing is stored
+ * before COPY.END validated the whole image; then it is installed once the
+ * part is idle. */
+static void copy_command(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen)
+{
+    buf *out = net_reply_now(c);
+    uint64_t v[7] = {0};
+    int need = is(argv[0], argvlen[0], "COPY.BEGIN")   ? 8
+               : is(argv[0], argvlen[0], "COPY.CHUNK") ? 4
+                                                       : 2;
+    bool ok = argc == need;
+    for (int i = 1; ok && i < argc && i < 8; i++)
+        if (!(need == 4 && i == 3)) ok = arg_u64(argv[i], argvlen[i], &v[i - 1]);
+    if (!ok) {
+        resp_add_error(out, "ERR usage: COPY.BEGIN xfer from to space part seq bytes | "
+                            "COPY.CHUNK xfer offset data | COPY.END xfer");
+        return;
+    }
+    if (need == 8) {
+        uint64_t xid = v[0], to = v[2], space = v[3], part = v[4], bytes = v[6];
+        dp_part *p = to == dp->o.self && space <= UINT32_MAX && part <= UINT32_MAX
+                         ? part_find(dp, (uint32_t)space, (uint32_t)part)
+                         : NULL;
+        if (!p) {
+            resp_add_error(out, "ERR this daemon holds no such partition");
+            return;
+        }
+        if (p->incoming) dcopy_reader_free(p->incoming);
+        p->incoming = NULL;
+        int rc = dcopy_reader_new(&p->incoming, p->sp, p->part, (size_t)bytes + 1);
+        if (rc) {
+            resp_add_errorf(out, "ERR cannot receive the copy: %s", dcopy_strerror(rc));
+            return;
+        }
+        p->incoming_xfer = xid;
+        log_notice("event=full_copy_receiving space=%u partition=%u bytes=%" PRIu64, p->space,
+                   p->part, bytes);
+        resp_add_simple(out, "OK");
+        return;
+    }
+    dp_part *p = NULL;
+    for (dp_part *q = dp->parts; q; q = q->next)
+        if (q->incoming && q->incoming_xfer == v[0]) p = q;
+    if (!p) {
+        resp_add_error(out, "ERR no such transfer");
+        return;
+    }
+    int rc = need == 4 ? dcopy_reader_feed(p->incoming, v[1], argv[3], argvlen[3])
+                       : dcopy_reader_finish(p->incoming, &(dcopy_header){0});
+    if (rc) {
+        resp_add_errorf(out, "ERR full copy refused: %s", dcopy_strerror(rc));
+        dcopy_reader_free(p->incoming);
+        p->incoming = NULL;
+        return;
+    }
+    if (need == 2) { /* COPY.END: install when the part is idle */
+        dcopy_reader *r = p->incoming;
+        p->incoming = NULL;
+        if (p->busy) {
+            dp_input *in = calloc(1, sizeof *in);
+            if (!in) abort();
+            in->kind = IN_INSTALL;
+            in->copy = r;
+            enqueue(p, in);
+        } else {
+            install_copy(dp, p, r);
+        }
+    }
+    resp_add_simple(out, "OK");
+}
+
 static void peer_dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
     dpart *dp = arg;
+    if (argvlen[0] > 5 && !strncasecmp(argv[0], "COPY.", 5)) {
+        copy_command(dp, c, argc, argv, argvlen);
+        return;
+    }
     if (is(argv[0], argvlen[0], "REPL") && argc == 2) {
         repl_msg m;
         if (repl_msg_decode(argv[1], argvlen[1], &m)) {
@@ -1382,6 +1646,7 @@ void dpart_stop(dpart *dp)
                 net_reply_done(in->reply);
                 kv_op_free(in->op);
             }
+            if (in->copy) dcopy_reader_free(in->copy);
             buf_free(&in->bytes);
             free(in);
         }
@@ -1393,10 +1658,13 @@ void dpart_stop(dpart *dp)
             kv_op_free(w->op);
             free(w);
         }
+        if (p->incoming) dcopy_reader_free(p->incoming);
         repl_free(p->r);
         kv_space_unref(p->sp);
         free(p);
     }
+    while (dp->xfers)
+        xfer_free(dp, dp->xfers);
     rtxn_release(dp);
     store_txn_abort(&dp->rtxn);
     store_close(dp->st);

@@ -397,3 +397,43 @@ def test_dead_backup_is_removed_without_waiting_for_its_lease(cluster):
     assert "event=backup_unreachable" in log
     for k in alive_primary:
         assert _call_retry(ds[:2], "GET", "kv", k)[1] == b"after"
+
+
+def test_reprotection_by_full_copy_when_the_log_is_gone(cluster):
+    """With a short log retention, a new replica (re-protection) and a
+    returning one are too far behind for log replay: the primary sends a full
+    copy (a consistent snapshot, then the log after it), and the partitions
+    are PROTECTED again with every acknowledged write readable everywhere."""
+    cl = cluster(tick_ms=20)
+    cl.start_coordinators(3)
+    for name, value in (("ping_timeout_ms", 1000), ("heartbeat_ms", 100),
+                        ("reprotect_delay_s", 1), ("log_retention", 20)):
+        assert cl.write(["CLUSTER.CONFIG", "SET", name, str(value)]) == "OK"
+    ds = [cl.add_daemon() for _ in range(3)]
+    leader = cl.wait_leader()
+    wait_for(lambda: sum(d["state"] == "ONLINE" for d in leader.status()["daemons"]) == 3, 10,
+             "daemons ONLINE")
+    assert cl.write(["SPACE.ADD", "space kv key k attributes v, int n subspace v create 4 "
+                     "partitions tolerate 1 failures"]) == "OK"
+    _wait_serving(ds)
+    acked = {}
+    for i in range(40):
+        assert _call_retry(ds, "PUT", "kv", "f%d" % i, "v", "a%d" % i) == "OK"
+        acked["f%d" % i] = "a%d" % i
+    ds[0].kill9()
+    for i in range(40, 400):  # far beyond the retained log
+        assert _call_retry(ds[1:], "PUT", "kv", "f%d" % i, "v", "a%d" % i) == "OK"
+        acked["f%d" % i] = "a%d" % i
+    _wait_protected(cl.wait_leader(), timeout=40)
+    logs = "".join(d.log_text() for d in ds[1:])
+    assert "event=full_copy_installed" in logs, "no full copy was installed"
+    _check_all_readable(ds[1:], acked)
+    # the returning daemon is behind the retained log too: it gets copies
+    ds[0].restart()
+    for i in range(400, 420):
+        assert _call_retry(ds, "PUT", "kv", "f%d" % i, "v", "a%d" % i) == "OK"
+        acked["f%d" % i] = "a%d" % i
+    _wait_protected(cl.wait_leader(), timeout=40)
+    _check_all_readable(ds, acked)
+    # every daemon's copy answers SEARCH the same (index entries came along)
+    assert _call_retry(ds, "COUNT", "kv") == len(acked)
