@@ -72,6 +72,8 @@ typedef struct peer {
     bool counts;            /* counts for commit */
     bool reported;          /* CAUGHT_UP reported in this epoch */
     bool copy;              /* needs a full copy; NEED_COPY emitted */
+    uint64_t copy_floor;    /* applied seq when NEED_COPY was last emitted: the copy's
+                               snapshot is at or after it, so the log after it is kept */
     bool want_probe;        /* send an empty APPEND at the next flush */
     uint64_t copy_tick;     /* tick of the last NEED_COPY */
     uint64_t sent_commit;   /* commit point last sent */
@@ -952,6 +954,7 @@ int repl_config(repl_part *p, uint64_t epoch, const uint64_t *replicas, const ui
                 if (pr->next <= pr->match) pr->next = pr->match + 1;
                 pr->copy = old_peers[k].copy;
                 pr->copy_tick = old_peers[k].copy_tick;
+                pr->copy_floor = old_peers[k].copy_floor;
                 if (old_peers[k].counts) pr->counts = true;
                 /* a report belongs to its epoch: the coordinator flips at most
                  * one replica per epoch (each flip bumps the epoch and makes
@@ -1208,6 +1211,7 @@ static bool flush_peer(repl_part *p, peer *pr, bool dry)
         if (p->ticks - pr->copy_tick >= p->o.copy_retry_ticks) {
             if (dry) return true;
             pr->copy_tick = p->ticks;
+            pr->copy_floor = p->applied;
             push_event(p, REPL_EV_NEED_COPY, pr->id, p->epoch, p->base);
         }
         return false;
@@ -1216,6 +1220,7 @@ static bool flush_peer(repl_part *p, peer *pr, bool dry)
         if (dry) return true;
         pr->copy = true;
         pr->copy_tick = p->ticks;
+        pr->copy_floor = p->applied;
         push_event(p, REPL_EV_NEED_COPY, pr->id, p->epoch, p->base);
         return false;
     }
@@ -1343,6 +1348,10 @@ static uint64_t trim_target(const repl_part *p)
         t = p->applied;
         for (uint32_t i = 0; i < p->npeers; i++)
             if (!p->peers[i].copy && p->peers[i].match < t) t = p->peers[i].match;
+            /* a replica being copied needs the log after its snapshot, which
+             * is taken at or after copy_floor (within the caps below) */
+            else if (p->peers[i].copy && p->peers[i].copy_floor < t)
+                t = p->peers[i].copy_floor;
         for (uint32_t i = 0; i < p->ndep; i++)
             if (p->dep[i].acked < t) t = p->dep[i].acked;
     }
