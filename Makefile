@@ -42,11 +42,15 @@ PYTEST  := /usr/bin/python3 -m pytest
 SIM_SRC := $(wildcard tests/sim/*.c)
 REPLSIM_SRC := $(wildcard tests/replsim/*.c)
 CLUSTER_TESTS := $(wildcard tests/cluster/test_*.py)
+CHAOS_TESTS := $(wildcard tests/chaos/test_*.py)
+SEED    ?= 1
+TIME    ?= 60
+RUNS    ?= 10
 SEEDS   ?= 500
 STEPS   ?= 2000
 
 .PHONY: all run run-standalone test unit fuzz-smoke fuzz e2e cluster asan deps clean format bench sim sim-smoke \
-        replsim replsim-smoke
+        replsim replsim-smoke chaos chaos-many chaos-smoke
 
 all: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel.pc
 
@@ -145,8 +149,18 @@ e2e: $(BUILD)/keel $(BUILD)/libkeel.so
 cluster: $(BUILD)/keel
 	KEEL_BIN=$(abspath $(BUILD)/keel) $(PYTEST) -q tests/cluster
 
+# Jepsen-style runs (tests/chaos): one seeded run, or a batch of seeds.
+chaos: $(BUILD)/keel
+	KEEL_BIN=$(abspath $(BUILD)/keel) /usr/bin/python3 tests/chaos/runner.py --seed $(SEED) --time $(TIME)
+
+chaos-many: $(BUILD)/keel
+	KEEL_BIN=$(abspath $(BUILD)/keel) /usr/bin/python3 tests/chaos/runner.py --runs $(RUNS) --time $(TIME)
+
+chaos-smoke: $(BUILD)/keel
+	KEEL_BIN=$(abspath $(BUILD)/keel) $(PYTEST) -q tests/chaos
+
 test: deps all unit $(if $(SIM_SRC),sim-smoke) $(if $(REPLSIM_SRC),replsim-smoke) fuzz-smoke e2e \
-      $(if $(CLUSTER_TESTS),cluster)
+      $(if $(CLUSTER_TESTS),cluster) $(if $(CHAOS_TESTS),chaos-smoke)
 	@echo "make test: all passed"
 
 asan:

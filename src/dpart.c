@@ -65,7 +65,8 @@ typedef struct dp_input {
 typedef struct dp_wait {
     struct dp_wait *next;
     uint64_t seq; /* serve once applied >= seq */
-    kv_op *op;
+    kv_op *op;    /* a read to run then, or NULL: */
+    buf prepared; /* a reply computed from uncommitted state, sent once it committed */
     net_reply *reply;
 } dp_wait;
 
@@ -279,12 +280,16 @@ static void serve_waits(dpart *dp, dp_part *p)
         dp_wait *w = *pp;
         if (w->seq <= st.applied || !st.readable) {
             buf *out = net_reply_buf(w->reply);
-            if (st.readable)
+            if (!st.readable)
+                resp_add_error(out, "TRYAGAIN the partition's primary changed; the request was "
+                                    "not applied");
+            else if (w->op)
                 serve_read(dp, p, w->op, out);
             else
-                resp_add_error(out, "TRYAGAIN the partition's primary changed");
+                buf_append(out, w->prepared.data, w->prepared.len);
             net_reply_done(w->reply);
             kv_op_free(w->op);
+            buf_free(&w->prepared);
             *pp = w->next;
             free(w);
         } else {
@@ -677,7 +682,21 @@ static void write_now(dpart *dp, dp_part *p, kv_op *op, net_reply *reply, uint64
         kv_op_free(op);
         return;
     }
-    if (res.write == KV_W_NONE) {
+    if (res.write == KV_W_NONE && pend) {
+        /* The answer (CMPFAIL, NOTFOUND, DEL of nothing, a failed ADD) was
+         * computed from a write not yet committed: it may only be given once
+         * that write has committed, and if the write is lost instead (a
+         * failover), the client is told to retry (linearizability; found by
+         * the chaos runs). */
+        dp_wait *w = calloc(1, sizeof *w);
+        if (!w) abort();
+        w->seq = pend->seq;
+        w->reply = reply;
+        buf_init(&w->prepared);
+        buf_append(&w->prepared, res.reply.data, res.reply.len);
+        w->next = p->waits;
+        p->waits = w;
+    } else if (res.write == KV_W_NONE) {
         buf_append(out, res.reply.data, res.reply.len);
         net_reply_done(reply);
     } else {
@@ -867,6 +886,7 @@ static void drop_gone_spaces(dpart *dp)
             resp_add_error(net_reply_buf(w->reply), "NOSPACE the space was dropped");
             net_reply_done(w->reply);
             kv_op_free(w->op);
+            buf_free(&w->prepared);
             free(w);
         }
         bool seen = false;
@@ -1656,6 +1676,7 @@ void dpart_stop(dpart *dp)
             resp_add_error(net_reply_buf(w->reply), "TRYAGAIN the daemon is shutting down");
             net_reply_done(w->reply);
             kv_op_free(w->op);
+            buf_free(&w->prepared);
             free(w);
         }
         if (p->incoming) dcopy_reader_free(p->incoming);

@@ -304,6 +304,7 @@ class Nemesis:
         self.log = log or (lambda s: None)
         self.paused = set()         # nodes we SIGSTOPped
         self.down = set()           # nodes we killed or stopped and have not started
+        self.down_periods = {}      # node name -> [[start, end or None]] (time.time())
 
     # -- bookkeeping --------------------------------------------------------------
     def note(self, kind, detail):
@@ -311,6 +312,14 @@ class Nemesis:
         self.events.append(ev)
         self.log("%8.3f nemesis %s: %s" % (ev["t"], kind, detail))
         return ev
+
+    def _went_down(self, node):
+        self.down_periods.setdefault(node.name, []).append([time.time(), None])
+
+    def _came_up(self, node):
+        p = self.down_periods.get(node.name)
+        if p and p[-1][1] is None:
+            p[-1][1] = time.time()
 
     def nodes(self):
         return [n for n in self.cluster.all_nodes() if n.runs > 0 and not n.removed]
@@ -366,11 +375,13 @@ class Nemesis:
 
     # -- processes ----------------------------------------------------------------
     def kill(self, node):
+        self._went_down(node)
         node.kill9()
         self.down.add(node)
         return self.note("kill", "kill -9 %s" % node.name)
 
     def pause(self, node):
+        self._went_down(node)
         node.pause()
         self.paused.add(node)
         return self.note("pause", "SIGSTOP %s" % node.name)
@@ -380,18 +391,22 @@ class Nemesis:
             self.paused.discard(node)
             if node.alive():
                 node.resume()
+            self._came_up(node)
             self.note("resume", "SIGCONT %s" % node.name)
 
     def start(self, node):
         """Starts a node we took down (waits until it answers PING)."""
         node.start(wait=True)
+        self._came_up(node)
         self.down.discard(node)
         self.note("start", "started %s" % node.name)
 
     def clean_restart(self, node):
-        node.stop()
         self.note("stop", "SIGTERM %s (clean)" % node.name)
+        self._went_down(node)
+        node.stop()
         node.start(wait=True)
+        self._came_up(node)
         self.note("start", "started %s" % node.name)
 
     def kill_leader(self):
@@ -411,6 +426,8 @@ class Nemesis:
         self.note("full-restart", "clean stop of every process, then start")
         ds = [d for d in self.cluster.daemons if d.alive()]
         cs = [c for c in self.cluster.coordinators if c.alive() and not c.removed]
+        for n in ds + cs:
+            self._went_down(n)
         for d in ds:
             d.stop()
         for c in cs:
@@ -421,10 +438,12 @@ class Nemesis:
         for c in self.cluster.coordinators:
             if not c.removed and c.runs > 0:
                 c.wait_ready()
+                self._came_up(c)
         self.down -= set(self.cluster.coordinators)
         for d in self.cluster.daemons:
             if d.runs > 0:
                 d.start(wait=True)
+                self._came_up(d)
                 self.down.discard(d)
         self.note("full-restart-done", "every process started again")
 

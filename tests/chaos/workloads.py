@@ -31,8 +31,8 @@ Workloads (history format: history.py; the space names are the runner's):
              the ok completion's value is the new total ADD returned) and
              GET (f = read, the total); after an `info` add the thread sends
              the same (client_id, seq) again (each attempt its own
-             operation, at most 3 retries), so exactly-once retries are
-             exercised
+             operation, f = add-retry, at most 3 retries), so exactly-once
+             retries are exercised
 
 Invariants:
  1. Every invoke gets exactly one completion (the thread completes it before
@@ -119,6 +119,7 @@ class Client(threading.Thread):
         if self.conn is None and not self._connect():
             return None, None
         inv = self.rec.invoke(self.process, f, key, value)
+        inv["node"] = self.target.name   # which daemon was asked (for reading failures)
         try:
             self.conn.send(*args)
             r = self.conn.read()
@@ -135,6 +136,8 @@ class Client(threading.Thread):
                 self.rec.fail(inv, error=r.code)
             if t == "info":
                 self._new_process()
+            elif r.code in ("TRYAGAIN", "NOQUORUM", "UNAVAILABLE") and self.rng.random() < 0.5:
+                self._drop_conn()     # this daemon cannot serve now: try another one
             return t, r
         return "ok_pending", (inv, r)
 
@@ -256,7 +259,13 @@ class CounterClient(Client):
         else:
             self.seq += 1
             seq, delta, attempts = self.seq, self.rng.randint(1, 5), 0
-        t, r = self.request("add", CTR_KEY, delta,
+        # A retry is answered with the ORIGINAL result (the total when the
+        # first attempt was applied, maybe long before this call), so its
+        # reply is not an observation of the counter at this time: retries
+        # are recorded as f = add-retry, which the counter checker ignores
+        # (sound: the first attempt, unknown, already allows its delta).
+        f = "add" if attempts == 0 else "add-retry"
+        t, r = self.request(f, CTR_KEY, delta,
                             ("SEQ", str(self.client_id), str(seq), "ADD", CTR_SPACE, CTR_KEY, "n",
                              str(delta)))
         if t == "ok_pending":
@@ -273,7 +282,7 @@ class CounterClient(Client):
         elif t == "fail":
             # A definite failure of a retry says nothing about the first
             # attempt; keep the same seq while a retry budget is left.
-            self.retry = (seq, delta, attempts + 1) if (self.retry and attempts < 3) else None
+            self.retry = (seq, delta, attempts + 1) if (attempts > 0 and attempts < 3) else None
 
 
 # -- the workload ------------------------------------------------------------------------

@@ -437,3 +437,42 @@ def test_reprotection_by_full_copy_when_the_log_is_gone(cluster):
     _check_all_readable(ds, acked)
     # every daemon's copy answers SEARCH the same (index entries came along)
     assert _call_retry(ds, "COUNT", "kv") == len(acked)
+
+
+def test_failed_condition_is_not_answered_from_an_uncommitted_write(cluster):
+    """Regression (found by the chaos runs): a CPUT whose condition fails
+    against a write that is still uncommitted must not be answered before
+    that write commits; otherwise a client sees CMPFAIL and then reads the
+    very value it compared against (or the write is lost in a failover and
+    the CMPFAIL was based on a value the object never had)."""
+    cl, ds = _setup(cluster, ndaemons=2)
+    _wait_serving(ds)
+    assert _call_retry(ds, "PUT", "kv", "c", "v", "1") == "OK"
+    primary = _primary_of(ds, "c")
+    backup = [d for d in ds if d is not primary][0]
+    backup.pause()  # the next write cannot commit until the backup is removed
+    try:
+        w = primary.conn(timeout=10.0)
+        w.send("PUT", "kv", "c", "v", "2")
+        time.sleep(0.2)
+        c = primary.conn(timeout=10.0)
+        c.send("CPUT", "kv", "c", "IF", "v", "1", "SET", "v", "3")
+        time.sleep(0.3)
+        # still uncommitted: the committed value is 1, and the CPUT has not
+        # been answered from the pending 2
+        assert primary.call("GET", "kv", "c", timeout=2.0)[1] == b"1"
+        c.settimeout(0.3)
+        try:
+            early = c.read()
+        except OSError:  # socket.timeout: nothing yet, as it must be
+            early = None
+        assert early is None, "answered %r from an uncommitted write" % (early,)
+        c.settimeout(10.0)
+        r = c.read()  # answered once the PUT committed (the backup removed)
+        assert isinstance(r, RespError) and str(r).startswith("CMPFAIL"), r
+        assert w.read() == "OK"
+        assert primary.call("GET", "kv", "c", timeout=2.0)[1] == b"2"
+        c.close()
+        w.close()
+    finally:
+        backup.resume()
