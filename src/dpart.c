@@ -278,9 +278,13 @@ static void serve_waits(dpart *dp, dp_part *p)
     dp_wait **pp = &p->waits;
     while (*pp) {
         dp_wait *w = *pp;
-        if (w->seq <= st.applied || !st.readable) {
+        /* A primary that stays primary into a new epoch keeps its log and
+         * commits all of it (I3): its waits keep waiting while it reconciles.
+         * One that lost the role answers them: nothing was applied. */
+        bool lost = st.role != REPL_ROLE_PRIMARY;
+        if (lost || (st.readable && w->seq <= st.applied)) {
             buf *out = net_reply_buf(w->reply);
-            if (!st.readable)
+            if (lost)
                 resp_add_error(out, "TRYAGAIN the partition's primary changed; the request was "
                                     "not applied");
             else if (w->op)
