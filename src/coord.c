@@ -952,20 +952,7 @@ static void linearizable_read(coord *co, net_conn *c, int argc, char **argv, siz
     }
     rread *q = calloc(1, sizeof *q);
     if (!q) abort();
-    size_t bytes = 0;
-    for (int i = 0; i < argc; i++)
-        bytes += argvlen[i];
-    char *mem = malloc((sizeof(char *) + sizeof(size_t)) * (size_t)argc + bytes + 1);
-    if (!mem) abort();
-    q->argv = (char **)mem;
-    q->argvlen = (size_t *)(mem + sizeof(char *) * (size_t)argc);
-    char *p = mem + (sizeof(char *) + sizeof(size_t)) * (size_t)argc;
-    for (int i = 0; i < argc; i++) {
-        memcpy(p, argv[i], argvlen[i]);
-        q->argv[i] = p;
-        q->argvlen[i] = argvlen[i];
-        p += argvlen[i];
-    }
+    resp_argv_copy(argc, argv, argvlen, &q->argv, &q->argvlen);
     q->argc = argc;
     q->ctx = ctx;
     q->reply = net_reply_defer(c);

@@ -1201,20 +1201,7 @@ static void search_cluster(dpart *dp, net_conn *c, const cmap_space *cs, int arg
     kv_op_free(op);
     buf_init(&g->err);
     buf_init(&g->body);
-    size_t bytes = 0;
-    for (int i = 0; i < argc; i++)
-        bytes += argvlen[i];
-    char *mem = malloc((sizeof(char *) + sizeof(size_t)) * (size_t)argc + bytes + 1);
-    if (!mem) abort();
-    g->argv = (char **)mem;
-    g->argvlen = (size_t *)(mem + sizeof(char *) * (size_t)argc);
-    char *q = mem + (sizeof(char *) + sizeof(size_t)) * (size_t)argc;
-    for (int i = 0; i < argc; i++) {
-        memcpy(q, argv[i], argvlen[i]);
-        g->argv[i] = q;
-        g->argvlen[i] = argvlen[i];
-        q += argvlen[i];
-    }
+    resp_argv_copy(argc, argv, argvlen, &g->argv, &g->argvlen);
     g->argc = argc;
     g->reply = net_reply_defer(c);
     g->next = dp->waiting;

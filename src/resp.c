@@ -810,3 +810,25 @@ void resp_reply_encode(buf *out, const resp_reply *r)
         break;
     }
 }
+
+void resp_argv_copy(int argc, char *const *argv, const size_t *argvlen, char ***argv_out,
+                    size_t **len_out)
+{
+    size_t bytes = 0;
+    for (int i = 0; i < argc; i++)
+        bytes += argvlen[i];
+    size_t head = (sizeof(char *) + sizeof(size_t)) * (size_t)argc;
+    char *mem = malloc(head + bytes + 1);
+    if (!mem) abort();
+    char **av = (char **)mem;
+    size_t *al = (size_t *)(mem + sizeof(char *) * (size_t)argc);
+    char *p = mem + head;
+    for (int i = 0; i < argc; i++) {
+        memcpy(p, argv[i], argvlen[i]);
+        av[i] = p;
+        al[i] = argvlen[i];
+        p += argvlen[i];
+    }
+    *argv_out = av;
+    *len_out = al;
+}

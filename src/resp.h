@@ -56,7 +56,7 @@ enum resp_status {
 
 typedef struct resp_request {
     size_t argc;
-    char **argv;   /* argv[i] points into the caller's buffer */
+    char **argv; /* argv[i] points into the caller's buffer */
     size_t *argvlen;
 } resp_request;
 
@@ -68,16 +68,16 @@ typedef struct resp_parser {
     /* private */
     resp_limits lim;
     int state;
-    size_t start;     /* offset where the current request begins */
-    size_t pos;       /* offset of the next unexamined byte */
-    size_t consumed;  /* end offset of the last returned request */
-    long long argc;   /* announced argument count of current multibulk */
-    long long argi;   /* arguments parsed so far */
+    size_t start;    /* offset where the current request begins */
+    size_t pos;      /* offset of the next unexamined byte */
+    size_t consumed; /* end offset of the last returned request */
+    long long argc;  /* announced argument count of current multibulk */
+    long long argi;  /* arguments parsed so far */
     long long bulklen;
-    size_t *off;      /* argument offsets (relative to buffer start) */
+    size_t *off; /* argument offsets (relative to buffer start) */
     size_t *len;
     size_t cap;
-    char **argv;      /* scratch handed out in resp_request */
+    char **argv; /* scratch handed out in resp_request */
     size_t argv_cap;
 } resp_parser;
 
@@ -91,14 +91,14 @@ size_t resp_parser_consumed(const resp_parser *p);
 void resp_parser_shift(resp_parser *p, size_t n);
 
 /* Reply encoder: appends one RESP2 value to out. */
-void resp_add_simple(buf *out, const char *s);              /* +s\r\n */
-void resp_add_error(buf *out, const char *msg);             /* -msg\r\n (CR/LF in msg replaced) */
+void resp_add_simple(buf *out, const char *s);  /* +s\r\n */
+void resp_add_error(buf *out, const char *msg); /* -msg\r\n (CR/LF in msg replaced) */
 void resp_add_errorf(buf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void resp_add_int(buf *out, long long v);                   /* :v\r\n */
-void resp_add_bulk(buf *out, const void *p, size_t n);      /* $n\r\n...\r\n */
+void resp_add_int(buf *out, long long v);              /* :v\r\n */
+void resp_add_bulk(buf *out, const void *p, size_t n); /* $n\r\n...\r\n */
 void resp_add_bulk_str(buf *out, const char *s);
-void resp_add_nil(buf *out);                                /* $-1\r\n */
-void resp_add_array(buf *out, long long n);                 /* *n\r\n (n = -1: nil array) */
+void resp_add_nil(buf *out);                /* $-1\r\n */
+void resp_add_array(buf *out, long long n); /* *n\r\n (n = -1: nil array) */
 /* Encodes a whole request as a multibulk array (used by clients). */
 void resp_add_command(buf *out, int argc, const char *const *argv, const size_t *argvlen);
 
@@ -120,11 +120,11 @@ enum resp_reply_type {
 #define RESP_REPLY_MAX_DEPTH 16
 
 typedef struct resp_reply {
-    int type;               /* enum resp_reply_type */
-    long long integer;      /* RESP_R_INT */
-    char *str;              /* STATUS, ERROR, BULK: owned, NUL-terminated */
-    size_t len;             /* length of str */
-    size_t elements;        /* ARRAY */
+    int type;          /* enum resp_reply_type */
+    long long integer; /* RESP_R_INT */
+    char *str;         /* STATUS, ERROR, BULK: owned, NUL-terminated */
+    size_t len;        /* length of str */
+    size_t elements;   /* ARRAY */
     struct resp_reply **element;
 } resp_reply;
 
@@ -132,5 +132,12 @@ int resp_reply_parse(const char *buf, size_t len, size_t *used, resp_reply **out
 void resp_reply_free(resp_reply *r);
 /* Appends r encoded as RESP2 again (relaying a reply unchanged). */
 void resp_reply_encode(buf *out, const resp_reply *r);
+
+/* Copies a request's arguments into one allocation (the arguments, then
+ * their lengths, then their bytes), so the request outlives the connection
+ * buffer it was parsed from. *argv_out and *len_out point into the block,
+ * which the caller frees with free(*argv_out). */
+void resp_argv_copy(int argc, char *const *argv, const size_t *argvlen, char ***argv_out,
+                    size_t **len_out);
 
 #endif
