@@ -1045,7 +1045,8 @@ static void print_spaces(const json_value *list)
     table_free(&t);
 }
 
-static void print_settings(const json_value *settings)
+/* A JSON object as a two-column table under a title (settings, protection). */
+static void print_json_object(const char *title, const json_value *settings)
 {
     table t;
     table_init(&t, 2, NULL);
@@ -1058,7 +1059,7 @@ static void print_settings(const json_value *settings)
             cell_json(&t, m);
         }
     }
-    printf("\nsettings\n");
+    printf("\n%s\n", title);
     if (n)
         table_print(&t, 2);
     else
@@ -1088,7 +1089,10 @@ static int print_status(const char *text, size_t len)
     print_coordinators(list_of(root, "coordinators"));
     print_daemons(list_of(root, "daemons"));
     print_spaces(list_of(root, "spaces"));
-    print_settings(json_get(root, "settings"));
+    /* re-protection progress: partitions degraded, being copied, waiting
+     * for a returning daemon, or without a place to go */
+    if (json_get(root, "protection")) print_json_object("protection", json_get(root, "protection"));
+    print_json_object("settings", json_get(root, "settings"));
     json_free(doc);
     return EXIT_OK;
 }
