@@ -419,23 +419,30 @@ typedef struct xfer {
     buf image;
     unsigned pending; /* requests not answered yet */
     bool failed;
+    bool closing; /* being freed: callbacks only count down */
 } xfer;
 
 static void xfer_free(dpart *dp, xfer *x)
 {
+    if (x->closing) return;
+    x->closing = true;
     for (xfer **pp = &dp->xfers; *pp; pp = &(*pp)->next)
         if (*pp == x) {
             *pp = x->next;
             break;
         }
+    rclient_close(x->rc); /* runs the outstanding callbacks, which only count down */
     buf_free(&x->image);
-    rclient_close(x->rc);
     free(x);
 }
 
 static void on_copy_reply(void *arg, const resp_reply *r, int status)
 {
     xfer *x = arg;
+    if (x->closing) {
+        x->pending--;
+        return;
+    }
     if (status < 0 || !r || r->type == RESP_R_ERROR) {
         if (!x->failed)
             log_warn("full copy %" PRIu64 " of partition %u/%u to daemon %" PRIu64
