@@ -688,7 +688,7 @@ static void test_departed_replica_replays_only_the_tail(void **state)
     pump();
     assert_int_equal(status(1).n_departed, 1);
     for (int i = 0; i < 3; i++) {
-        char v[8];
+        char v[16];
         snprintf(v, sizeof v, "%d", i + 1);
         assert_int_equal(put(1, "k", v, 0, 0, 10 + (uint64_t)i), REPL_OK);
         pump();
