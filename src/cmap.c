@@ -778,41 +778,32 @@ static bool failed_removes(const cmap *m, const cmap_partition *pt, uint32_t k)
     return live_in_sync_other(m, pt, k) >= 0;
 }
 
-static int apply_replica_failed(cmap *m, rd *r, cmap_result *res)
+/* Removes daemon id from every partition where failed_removes allows it
+ * (from_position 0: anywhere, promoting the first live in-sync replica when
+ * the primary goes (I3); 1: only where it is a backup). Decides everything
+ * first, so a refusal changes nothing. */
+static int remove_daemon(cmap *m, uint64_t id, int from_position, cmap_result *res,
+                         const char *nothing)
 {
-    uint64_t id = rd_u64(r);
-    if (!rd_done(r)) return malformed(res);
-    if (!m->cluster_id) return not_bootstrapped(res);
-    const cmap_daemon *d = cmap_daemon_find(m, id);
-    if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
-    /* Only a daemon the map already holds down: the coordinator marks one
-     * OFFLINE after its lease must have run out, and a SHUTDOWN daemon has
-     * stopped serving (DESIGN I1). */
-    if (daemon_live(d->state))
-        return refuse(res, "ERR daemon %" PRIu64 " is %s: only a daemon marked down can be failed",
-                      id, cmap_daemon_state_name(d->state));
-
-    /* decide everything first, so a refusal changes nothing */
     uint32_t changes = 0;
     for (uint32_t s = 0; s < m->nspaces; s++) {
         const cmap_space *sp = &m->spaces[s];
         for (uint32_t p = 0; p < sp->schema->partitions; p++) {
             const cmap_partition *pt = &sp->parts[p];
             int k = replica_index(pt, id);
-            if (k < 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
+            if (k < from_position || !failed_removes(m, pt, (uint32_t)k)) continue;
             if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, p);
             changes++;
         }
     }
-    if (!changes)
-        return refuse(res, "ERR daemon %" PRIu64 " holds no replica that can be removed", id);
+    if (!changes) return refuse(res, "ERR daemon %" PRIu64 " %s", id, nothing);
 
     for (uint32_t s = 0; s < m->nspaces; s++) {
         cmap_space *sp = &m->spaces[s];
         for (uint32_t p = 0; p < sp->schema->partitions; p++) {
             cmap_partition *pt = &sp->parts[p];
             int k = replica_index(pt, id);
-            if (k < 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
+            if (k < from_position || !failed_removes(m, pt, (uint32_t)k)) continue;
             /* I3: the new primary is an IN_SYNC replica of this epoch, on a
              * daemon that can serve; failed_removes checked there is one
              * whenever the removed replica was IN_SYNC */
@@ -831,6 +822,22 @@ static int apply_replica_failed(cmap *m, rd *r, cmap_result *res)
     return 0;
 }
 
+static int apply_replica_failed(cmap *m, rd *r, cmap_result *res)
+{
+    uint64_t id = rd_u64(r);
+    if (!rd_done(r)) return malformed(res);
+    if (!m->cluster_id) return not_bootstrapped(res);
+    const cmap_daemon *d = cmap_daemon_find(m, id);
+    if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
+    /* Only a daemon the map already holds down: the coordinator marks one
+     * OFFLINE after its lease must have run out, and a SHUTDOWN daemon has
+     * stopped serving (DESIGN I1). */
+    if (daemon_live(d->state))
+        return refuse(res, "ERR daemon %" PRIu64 " is %s: only a daemon marked down can be failed",
+                      id, cmap_daemon_state_name(d->state));
+    return remove_daemon(m, id, 0, res, "holds no replica that can be removed");
+}
+
 static int apply_remove_backups(cmap *m, rd *r, cmap_result *res)
 {
     uint64_t id = rd_u64(r);
@@ -840,35 +847,7 @@ static int apply_remove_backups(cmap *m, rd *r, cmap_result *res)
     if (!d) return refuse(res, "ERR no such daemon %" PRIu64, id);
     if (d->state == CMAP_D_ONLINE)
         return refuse(res, "ERR daemon %" PRIu64 " is ONLINE: mark it SUSPECT first", id);
-    uint32_t changes = 0;
-    for (uint32_t s = 0; s < m->nspaces; s++) {
-        const cmap_space *sp = &m->spaces[s];
-        for (uint32_t p = 0; p < sp->schema->partitions; p++) {
-            const cmap_partition *pt = &sp->parts[p];
-            int k = replica_index(pt, id);
-            if (k <= 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
-            if (pt->epoch == UINT64_MAX) return epochs_exhausted(res, sp, p);
-            changes++;
-        }
-    }
-    if (!changes)
-        return refuse(res, "ERR daemon %" PRIu64 " backs up no partition it can leave", id);
-    for (uint32_t s = 0; s < m->nspaces; s++) {
-        cmap_space *sp = &m->spaces[s];
-        for (uint32_t p = 0; p < sp->schema->partitions; p++) {
-            cmap_partition *pt = &sp->parts[p];
-            int k = replica_index(pt, id);
-            if (k <= 0 || !failed_removes(m, pt, (uint32_t)k)) continue;
-            memmove(&pt->replicas[k], &pt->replicas[k + 1],
-                    (pt->nreplicas - (uint32_t)k - 1) * sizeof pt->replicas[0]);
-            pt->nreplicas--;
-            memset(&pt->replicas[pt->nreplicas], 0, sizeof pt->replicas[0]);
-            departed_add(pt, id);
-            pt->epoch++;
-            part_refresh(m, pt, sp->schema->tolerate);
-        }
-    }
-    return 0;
+    return remove_daemon(m, id, 1, res, "backs up no partition it can leave");
 }
 
 static int apply_add_replica(cmap *m, rd *r, cmap_result *res)
