@@ -258,13 +258,19 @@ def leader_hint(err):
 _addr_counter = itertools.count(2)
 _taken = set()
 _taken_lock = threading.Lock()
+# KEEL_TEST_NET=N puts this process's nodes in 127.N.0.0/16, so two suites
+# (a long chaos campaign and make test) can share the machine without one's
+# firewall rules touching the other's nodes. Default 0.
+_net = int(os.environ.get("KEEL_TEST_NET", "0"))
+if not 0 <= _net <= 255:
+    raise ValueError("KEEL_TEST_NET must be 0..255")
 
 
 def next_address():
-    """A loopback address not yet handed out in this process: 127.0.0.2,
-    127.0.0.3, ..., 127.0.0.254, 127.0.1.2, ..."""
+    """A loopback address not yet handed out in this process: 127.N.0.2,
+    127.N.0.3, ..., 127.N.0.254, 127.N.1.2, ... (N from KEEL_TEST_NET)"""
     n = next(_addr_counter)
-    return "127.0.%d.%d" % ((n - 2) // 253 % 256, (n - 2) % 253 + 2)
+    return "127.%d.%d.%d" % (_net, (n - 2) // 253 % 256, (n - 2) % 253 + 2)
 
 
 def port_free(host, port):
