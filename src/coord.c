@@ -54,6 +54,7 @@
 #include "raft.h"
 #include "rclient.h"
 #include "resp.h"
+#include "route.h"
 #include "rstore.h"
 #include "version.h"
 
@@ -932,6 +933,8 @@ static void answer_read(coord *co, buf *out, int argc, char **argv, size_t *argv
         cmap_encode(m, &t);
         resp_add_bulk(out, t.data, t.len);
         buf_free(&t);
+    } else if (is(argv[0], argvlen[0], "CLUSTER.ROUTES")) {
+        route_encode(m, out);
     } else if (is(argv[0], argvlen[0], "CLUSTER.STATUS")) {
         buf t;
         buf_init(&t);
@@ -978,6 +981,7 @@ static const struct {
     {"SPACE.LIST", 1, 2, K_READ},
     {"SPACE.DESCRIBE", 2, 3, K_READ},
     {"CLUSTER.MAP", 1, 2, K_READ},
+    {"CLUSTER.ROUTES", 1, 2, K_READ},
     {"CLUSTER.STATUS", 1, 2, K_READ},
     {"CLUSTER.CONFIG", 3, 4, K_READ}, /* SET is reclassified as a write */
     {"SPACE.ADD", 2, -1, K_WRITE},
@@ -1480,6 +1484,7 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
             return;
         }
         if ((is(argv[0], argvlen[0], "SPACE.LIST") || is(argv[0], argvlen[0], "CLUSTER.MAP") ||
+             is(argv[0], argvlen[0], "CLUSTER.ROUTES") ||
              is(argv[0], argvlen[0], "CLUSTER.STATUS")) &&
             argc != 1) {
             resp_add_errorf(net_reply_now(c), "ERR wrong number of arguments for '%s'",

@@ -59,6 +59,7 @@
 
 #include "buf.h"
 #include "dpart.h"
+#include "route.h"
 #include "kv.h"
 #include "log.h"
 #include "net.h"
@@ -1527,9 +1528,22 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
             resp_add_bulk(out, d->map_bytes.data, d->map_bytes.len);
         else
             resp_add_error(out, "TRYAGAIN this daemon has no cluster map yet");
+    } else if (is(argv[0], argvlen[0], "CLUSTER.ROUTES") &&
+               (argc == 1 || (argc == 2 && is(argv[1], argvlen[1], "STALE")))) {
+        if (d->map)
+            route_encode(d->map, out);
+        else
+            resp_add_error(out, "TRYAGAIN this daemon has no cluster map yet");
+    } else if (is(argv[0], argvlen[0], "CLIENT.REDIRECT") && argc == 2 &&
+               (is(argv[1], argvlen[1], "ON") || is(argv[1], argvlen[1], "OFF"))) {
+        unsigned f = net_conn_flags(c) & ~DPART_CONN_REDIRECT;
+        net_conn_set_flags(c, is(argv[1], argvlen[1], "ON") ? f | DPART_CONN_REDIRECT : f);
+        resp_add_simple(out, "OK");
+    } else if (is(argv[0], argvlen[0], "CLIENT.REDIRECT")) {
+        resp_add_error(out, "ERR usage: CLIENT.REDIRECT ON|OFF");
     } else if (is(argv[0], argvlen[0], "PING") || is(argv[0], argvlen[0], "ECHO") ||
                is(argv[0], argvlen[0], "INFO") || is(argv[0], argvlen[0], "QUIT") ||
-               is(argv[0], argvlen[0], "CLUSTER.MAP")) {
+               is(argv[0], argvlen[0], "CLUSTER.MAP") || is(argv[0], argvlen[0], "CLUSTER.ROUTES")) {
         resp_add_errorf(out, "ERR wrong number of arguments for '%.*s'", (int)argvlen[0], argv[0]);
     } else if ((argvlen[0] > 6 && !strncasecmp(argv[0], "SPACE.", 6)) ||
                (argvlen[0] > 8 && !strncasecmp(argv[0], "CLUSTER.", 8))) {

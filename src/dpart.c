@@ -1328,8 +1328,12 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
         return;
     }
     if (primary != dp->o.self) {
+        const cmap_daemon *pd = cmap_daemon_find(dp->map, primary);
         if (forwarded)
             resp_add_error(net_reply_now(c), "TRYAGAIN this daemon is not the partition's primary");
+        else if ((net_conn_flags(c) & DPART_CONN_REDIRECT) && pd)
+            resp_add_errorf(net_reply_now(c), "MOVED %u %s:%u %" PRIu64, part, pd->host,
+                            (unsigned)pd->port, dp->map->version);
         else
             forward(dp, c, primary, full_argc, full_argv, full_argvlen);
         return;

@@ -41,6 +41,10 @@ int dpart_start(dpart **out, uv_loop_t *loop, const dpart_opts *o, char *err, si
 void dpart_map(dpart *dp, const cmap *m);
 /* True if argv[0] is a data command dpart handles. */
 bool dpart_is_data_command(const char *name, size_t len);
+/* A client connection with DPART_CONN_REDIRECT set (CLIENT.REDIRECT ON) gets
+ * "-MOVED part host:port version" instead of a forward when its request's
+ * partition is led by another daemon (smart clients: docs/protocol.md). */
+#define DPART_CONN_REDIRECT 1u
 void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen);
 /* How many partitions this daemon leads in its current map. */
 uint32_t dpart_primaries(const dpart *dp);

@@ -41,6 +41,7 @@ struct net_conn {
     size_t slot_bytes;      /* reply bytes held in slots (counted when final) */
     net_reply *uncounted;   /* the newest net_reply_now slot: its bytes come after */
     void *data;
+    unsigned flags;
     bool writing;
     bool reading;
     bool throttled; /* too much output waiting: neither reading nor dispatching */
@@ -221,6 +222,16 @@ void net_conn_set_data(net_conn *c, void *data)
 void *net_conn_data(const net_conn *c)
 {
     return c->data;
+}
+
+void net_conn_set_flags(net_conn *c, unsigned flags)
+{
+    c->flags = flags;
+}
+
+unsigned net_conn_flags(const net_conn *c)
+{
+    return c->flags;
 }
 
 const char *net_conn_peer(net_conn *c)

@@ -88,6 +88,10 @@ void net_conn_close_after_replies(net_conn *c);
 /* Per-connection user data. */
 void net_conn_set_data(net_conn *c, void *data);
 void *net_conn_data(const net_conn *c);
+/* Per-connection option bits, defined by the server that owns the
+ * connection (0 when accepted). */
+void net_conn_set_flags(net_conn *c, unsigned flags);
+unsigned net_conn_flags(const net_conn *c);
 /* "host:port" of the peer, for logs. */
 const char *net_conn_peer(net_conn *c);
 
