@@ -82,7 +82,7 @@ void daemon_usage(void)
 {
     fprintf(stderr,
             "usage: keel daemon [-f] [-l HOST] [-p PORT] [-c HOST] [-P PORT] [-D DIR]\n"
-            "         [--peer-port PORT] [--sync always|batch|none]\n"
+            "         [--peer-port PORT] [--sync always|batch|none] [--blocking]\n"
             "  -f, --foreground             stay in the foreground, log to stderr\n"
             "  -l, --listen HOST            client address (default 127.0.0.1)\n"
             "  -p, --listen-port PORT       client port (default 2012)\n"
@@ -92,7 +92,10 @@ void daemon_usage(void)
             "  -D, --data DIR               data directory (default keel-daemon-data)\n"
             "  --sync always|batch|none     fsync every write before acknowledging it /\n"
             "                               at least every second (default) / never; a\n"
-            "                               cluster may require one (CLUSTER.CONFIG SET sync)\n");
+            "                               cluster may require one (CLUSTER.CONFIG SET sync)\n"
+            "  --blocking                   rejoin blocking: a primary sending this daemon a\n"
+            "                               full copy pauses that partition's writes until it\n"
+            "                               has caught up (clients wait; default: live)\n");
 }
 
 static bool is_ip_literal(const char *h)
@@ -112,7 +115,7 @@ int daemon_parse_args(int argc, char **argv, daemon_opts *o)
                        .coord_port = 1982,
                        .dir = "keel-daemon-data",
                        .sync_policy = STORE_SYNC_BATCH};
-    enum { OPT_PEER = 1000, OPT_SYNC, OPT_HELP };
+    enum { OPT_PEER = 1000, OPT_SYNC, OPT_BLOCKING, OPT_HELP };
     static const struct option lo[] = {{"foreground", no_argument, 0, 'f'},
                                        {"listen", required_argument, 0, 'l'},
                                        {"listen-port", required_argument, 0, 'p'},
@@ -121,6 +124,7 @@ int daemon_parse_args(int argc, char **argv, daemon_opts *o)
                                        {"data", required_argument, 0, 'D'},
                                        {"peer-port", required_argument, 0, OPT_PEER},
                                        {"sync", required_argument, 0, OPT_SYNC},
+                                       {"blocking", no_argument, 0, OPT_BLOCKING},
                                        {"help", no_argument, 0, OPT_HELP},
                                        {0, 0, 0, 0}};
     optind = 0; /* full re-initialisation: the parser may run more than once */
@@ -153,6 +157,9 @@ int daemon_parse_args(int argc, char **argv, daemon_opts *o)
                 fprintf(stderr, "keel: --sync must be always, batch or none, got '%s'\n", optarg);
                 return 2;
             }
+            break;
+        case OPT_BLOCKING:
+            o->blocking = true;
             break;
         case OPT_HELP:
             o->help = true;
@@ -1057,6 +1064,7 @@ static void start_data_plane(dstate *d)
                     .host = d->o.host,
                     .peer_port = d->o.peer_port,
                     .sync_policy = d->o.sync_policy,
+                    .blocking = d->o.blocking,
                     .max_key = 256,
                     .self = d->id.daemon_id,
                     .lease_ok = lease_ok,

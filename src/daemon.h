@@ -32,6 +32,7 @@ typedef struct daemon_opts {
     const char *dir;        /* --data; default keel-daemon-data */
     int sync_policy;        /* --sync always|batch|none (enum store_sync); default batch */
     bool foreground;        /* -f */
+    bool blocking;          /* --blocking: full copies to this daemon pause writes */
     bool help;              /* --help was given: print daemon_usage and exit 0 */
 } daemon_opts;
 

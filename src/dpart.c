@@ -49,6 +49,10 @@
 #define TICK_MS 50
 #define FORWARD_TIMEOUT_MS 5000
 #define PEER_TIMEOUT_MS 3000
+/* --blocking rejoin: the longest a primary holds a partition's writes for a
+ * full copy; past it the copy goes on live. Below FORWARD_TIMEOUT_MS, so a
+ * write forwarded by another daemon waits rather than failing. */
+#define PAUSE_MAX_MS 4500
 
 enum { IN_MSG = 1, IN_WRITE, IN_INSTALL };
 
@@ -96,6 +100,10 @@ struct dp_part {
     dp_wait *waits;
     dcopy_reader *incoming; /* a full copy being received (replica side) */
     uint64_t incoming_xfer;
+    uint64_t paused_for;       /* --blocking: writes are held while this daemon receives a
+                                  full copy and catches up (0: not paused) */
+    uint64_t pause_until_ms;   /* ... at most until then (loop time) */
+    dp_input *held_head, *held_tail; /* the writes held, in arrival order (IN_WRITE) */
     uint64_t cfg_epoch; /* configuration given to repl */
     bool cfg_pending;   /* a newer configuration waits for the part to be idle */
     dp_part *next;      /* all parts */
@@ -155,6 +163,9 @@ struct dpart {
 static void part_pump(dpart *dp, dp_part *p);
 static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id);
 static void install_copy(dpart *dp, dp_part *p, dcopy_reader *r);
+static void hold_write(dp_part *p, dp_input *in);
+static void pause_writes(dpart *dp, dp_part *p, uint64_t peer);
+static void resume_writes(dpart *dp, dp_part *p, const char *why);
 static void gather_poll(dpart *dp);
 
 /* ---- helpers -------------------------------------------------------------------- */
@@ -319,6 +330,7 @@ static void handle_events(dpart *dp, dp_part *p, const repl_ready *rd)
             start_copy(dp, p, e->peer);
             break;
         case REPL_EV_CAUGHT_UP: {
+            if (p->paused_for == e->peer) resume_writes(dp, p, "caught_up");
             log_notice("event=replica_caught_up space=%u partition=%u daemon=%" PRIu64
                        " epoch=%" PRIu64,
                        p->space, p->part, e->peer, e->epoch);
@@ -444,6 +456,12 @@ static void on_copy_reply(void *arg, const resp_reply *r, int status)
         return;
     }
     if (status < 0 || !r || r->type == RESP_R_ERROR) {
+        /* a pause for this copy ends with it (repl asks for another copy) */
+        dp_part *p = part_find(x->dp, x->space, x->part);
+        if (p && p->paused_for == x->peer) {
+            resume_writes(x->dp, p, "copy_failed");
+            if (!p->busy) part_pump(x->dp, p);
+        }
         if (!x->failed)
             log_warn("full copy %" PRIu64 " of partition %u/%u to daemon %" PRIu64
                      " failed: %s; repl asks again",
@@ -457,6 +475,22 @@ static void on_copy_reply(void *arg, const resp_reply *r, int status)
                        x->space, x->part, x->peer, x->image.len);
         xfer_free(x->dp, x);
     }
+}
+
+/* COPY.BEGIN's answer: "+BLOCKING" from a daemon started with --blocking
+ * holds the partition's writes from now until it caught up (CAUGHT_UP), the
+ * copy failed, this daemon stopped leading the partition, or PAUSE_MAX_MS
+ * passed. The snapshot was taken a round trip earlier, so the tail it needs
+ * is the few writes of that round trip. */
+static void on_copy_begin_reply(void *arg, const resp_reply *r, int status)
+{
+    xfer *x = arg;
+    if (!x->closing && status >= 0 && r && r->type == RESP_R_STATUS &&
+        strcmp(r->str, "BLOCKING") == 0) {
+        dp_part *p = part_find(x->dp, x->space, x->part);
+        if (p) pause_writes(x->dp, p, x->peer);
+    }
+    on_copy_reply(arg, r, status);
 }
 
 static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id)
@@ -498,7 +532,7 @@ static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id)
     snprintf(a[6], sizeof a[6], "%zu", x->image.len);
     const char *begin[8] = {"COPY.BEGIN", a[0], a[1], a[2], a[3], a[4], a[5], a[6]};
     x->pending++;
-    rclient_send(x->rc, 8, begin, NULL, on_copy_reply, x);
+    rclient_send(x->rc, 8, begin, NULL, on_copy_begin_reply, x);
     dcopy_writer w;
     dcopy_writer_init(&w, x->image.data, x->image.len, DCOPY_DEFAULT_CHUNK);
     const void *chunk;
@@ -577,6 +611,9 @@ static void part_pump(dpart *dp, dp_part *p)
             install_copy(dp, p, in->copy);
             free(in);
             continue;
+        } else if (p->paused_for) {
+            hold_write(p, in);
+            continue;
         } else {
             write_now(dp, p, in->op, in->reply, in->client_id, in->client_seq);
         }
@@ -617,6 +654,46 @@ static void enqueue(dp_part *p, dp_input *in)
     else
         p->in_head = in;
     p->in_tail = in;
+}
+
+/* ---- --blocking rejoin: holding a partition's writes during a full copy ------------------ */
+
+static void hold_write(dp_part *p, dp_input *in)
+{
+    in->next = NULL;
+    if (p->held_tail)
+        p->held_tail->next = in;
+    else
+        p->held_head = in;
+    p->held_tail = in;
+}
+
+static void pause_writes(dpart *dp, dp_part *p, uint64_t peer)
+{
+    if (p->paused_for) return;
+    p->paused_for = peer;
+    p->pause_until_ms = uv_now(dp->loop) + PAUSE_MAX_MS;
+    log_notice("event=writes_paused space=%u partition=%u daemon=%" PRIu64
+               " reason=blocking_rejoin max_ms=%d",
+               p->space, p->part, peer, PAUSE_MAX_MS);
+}
+
+/* Ends a pause: the held writes go first, in order, ahead of anything queued
+ * since. The caller pumps the part. */
+static void resume_writes(dpart *dp, dp_part *p, const char *why)
+{
+    if (!p->paused_for) return;
+    uint64_t held_ms = uv_now(dp->loop) + PAUSE_MAX_MS - p->pause_until_ms;
+    log_notice("event=writes_resumed space=%u partition=%u daemon=%" PRIu64
+               " reason=%s paused_ms=%" PRIu64,
+               p->space, p->part, p->paused_for, why, held_ms);
+    p->paused_for = 0;
+    if (p->held_head) {
+        p->held_tail->next = p->in_head;
+        if (!p->in_head) p->in_tail = p->held_tail;
+        p->in_head = p->held_head;
+        p->held_head = p->held_tail = NULL;
+    }
 }
 
 /* A write on the primary: compute the resulting object from the newest state
@@ -879,6 +956,7 @@ static void drop_gone_spaces(dpart *dp)
             continue;
         }
         *pp = p->next;
+        resume_writes(dp, p, "space_dropped");
         while (p->in_head) {
             dp_input *in = p->in_head;
             p->in_head = in->next;
@@ -1377,7 +1455,7 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
         return;
     }
     net_reply *reply = net_reply_defer(c);
-    if (p->busy) {
+    if (p->busy || p->paused_for) {
         dp_input *in = calloc(1, sizeof *in);
         if (!in) abort();
         in->kind = IN_WRITE;
@@ -1385,7 +1463,10 @@ void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvl
         in->reply = reply;
         in->client_id = client_id;
         in->client_seq = client_seq;
-        enqueue(p, in);
+        if (p->paused_for)
+            hold_write(p, in);
+        else
+            enqueue(p, in);
         return;
     }
     write_now(dp, p, op, reply, client_id, client_seq);
@@ -1443,9 +1524,13 @@ static void copy_command(dpart *dp, net_conn *c, int argc, char **argv, size_t *
             return;
         }
         p->incoming_xfer = xid;
-        log_notice("event=full_copy_receiving space=%u partition=%u bytes=%" PRIu64, p->space,
-                   p->part, bytes);
-        resp_add_simple(out, "OK");
+        log_notice("event=full_copy_receiving space=%u partition=%u bytes=%" PRIu64
+                   " blocking=%d",
+                   p->space, p->part, bytes, dp->o.blocking);
+        /* "+BLOCKING" asks the primary to hold the partition's writes until
+         * this daemon has caught up (--blocking); older primaries read any
+         * status reply as success */
+        resp_add_simple(out, dp->o.blocking ? "BLOCKING" : "OK");
         return;
     }
     dp_part *p = NULL;
@@ -1566,6 +1651,14 @@ static void on_tick(uv_timer_t *t)
             continue;
         }
         if (p->busy) continue;
+        if (p->paused_for) {
+            repl_status st;
+            repl_status_get(p->r, &st);
+            if (st.role != REPL_ROLE_PRIMARY)
+                resume_writes(dp, p, "not_primary");
+            else if (uv_now(dp->loop) >= p->pause_until_ms)
+                resume_writes(dp, p, "timeout");
+        }
         repl_tick(p->r);
         part_pump(dp, p);
     }
@@ -1660,6 +1753,7 @@ void dpart_stop(dpart *dp)
     while (dp->parts) {
         dp_part *p = dp->parts;
         dp->parts = p->next;
+        resume_writes(dp, p, "shutdown");
         while (p->in_head) {
             dp_input *in = p->in_head;
             p->in_head = in->next;

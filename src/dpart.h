@@ -23,6 +23,8 @@ typedef struct dpart_opts {
     const char *host; /* this daemon's address (outgoing connections bind to it) */
     int peer_port;    /* replication port */
     int sync_policy;  /* enum store_sync */
+    bool blocking;    /* --blocking: ask primaries to pause a partition's writes while
+                         they send this daemon a full copy of it */
     size_t max_key;
     uint64_t self;               /* daemon id */
     bool (*lease_ok)(void *arg); /* is the daemon's lease valid now (DESIGN I1) */

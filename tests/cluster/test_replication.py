@@ -476,3 +476,44 @@ def test_failed_condition_is_not_answered_from_an_uncommitted_write(cluster):
         w.close()
     finally:
         backup.resume()
+
+
+def test_blocking_rejoin_holds_writes_until_caught_up(cluster):
+    """keel daemon --blocking: a daemon that returns too far behind for log
+    replay gets full copies, and each primary holds the partition's writes
+    from the copy's start until the daemon caught up (DESIGN section 6,
+    docs/replication.md). Writers wait instead of failing, and nothing
+    acknowledged is lost."""
+    cl = cluster(tick_ms=20)
+    cl.start_coordinators(3)
+    for name, value in (("ping_timeout_ms", 1000), ("heartbeat_ms", 100),
+                        ("reprotect_delay_s", 60), ("log_retention", 20)):
+        assert cl.write(["CLUSTER.CONFIG", "SET", name, str(value)]) == "OK"
+    ds = [cl.add_daemon() for _ in range(3)]
+    leader = cl.wait_leader()
+    wait_for(lambda: sum(d["state"] == "ONLINE" for d in leader.status()["daemons"]) == 3, 10,
+             "daemons ONLINE")
+    assert cl.write(["SPACE.ADD", "space kv key k attributes v, int n subspace v create 4 "
+                     "partitions tolerate 1 failures"]) == "OK"
+    _wait_serving(ds)
+    acked = {}
+    ds[0].kill9()
+    for i in range(300):  # far beyond the retained log, while it is away
+        assert _call_retry(ds[1:], "PUT", "kv", "b%d" % i, "v", "a%d" % i) == "OK"
+        acked["b%d" % i] = "a%d" % i
+    w = Writer(ds[1:], prefix="bw")
+    w.start()
+    ds[0].extra_args = ["--blocking"]
+    ds[0].restart()
+    _wait_protected(cl.wait_leader(), timeout=40)  # within the reprotect delay: it came back
+    w.halt.set()
+    w.join(30)
+    assert not w.failed, w.failed[:5]
+    assert "blocking=1" in ds[0].log_text(), "the copy was not received as blocking"
+    logs = "".join(d.log_text() for d in ds[1:])
+    assert "event=writes_paused" in logs, "no primary held writes for the copy"
+    resumed = [ln for ln in logs.splitlines() if "event=writes_resumed" in ln]
+    assert resumed and all("reason=caught_up" in ln for ln in resumed), resumed
+    acked.update(w.acked)
+    _check_all_readable(ds, acked)
+    assert _call_retry(ds, "COUNT", "kv") == len(acked)
