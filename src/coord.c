@@ -117,6 +117,10 @@ typedef struct join_done {
 typedef struct hb_entry {
     uint64_t daemon;
     uint64_t last_ms; /* monotonic, this leader's clock */
+    /* re-protection progress from its last heartbeat (leader-local, soft):
+     * full copies it sends, their bytes left and rate, log entries its
+     * catching-up replicas still replay */
+    uint64_t pg_copies, pg_bytes_left, pg_bytes_per_s, pg_entries_left;
 } hb_entry;
 
 typedef struct coord {
@@ -885,9 +889,30 @@ static void json_status(coord *co, buf *o)
     const plan_progress *pg = &co->progress;
     buf_printf(o,
                "],\"protection\":{\"fully_protected\":%s,\"degraded\":%u,"
-               "\"unavailable\":%u,\"copying\":%u,\"waiting\":%u,\"unplaceable\":%u}",
+               "\"unavailable\":%u,\"copying\":%u,\"waiting\":%u,\"unplaceable\":%u",
                co->fully_protected ? "true" : "false", pg->degraded, pg->unavailable, pg->copying,
                pg->waiting, pg->unplaceable);
+    /* bytes and rate as the ONLINE daemons last reported them (the leader's
+     * soft state: zero on a follower, and for a heartbeat after a leader
+     * change) */
+    uint64_t copies = 0, left = 0, rate = 0, entries = 0;
+    if (co->role == RAFT_LEADER)
+        for (size_t i = 0; i < co->nhb; i++) {
+            const cmap_daemon *d = cmap_daemon_find(m, co->hb[i].daemon);
+            if (!d || d->state != CMAP_D_ONLINE) continue;
+            copies += co->hb[i].pg_copies;
+            left += co->hb[i].pg_bytes_left;
+            rate += co->hb[i].pg_bytes_per_s;
+            entries += co->hb[i].pg_entries_left;
+        }
+    buf_printf(o,
+               ",\"copies_running\":%" PRIu64 ",\"copy_bytes_left\":%" PRIu64
+               ",\"copy_bytes_per_s\":%" PRIu64 ",\"tail_entries_left\":%" PRIu64,
+               copies, left, rate, entries);
+    if (left && rate)
+        buf_printf(o, ",\"eta_s\":%" PRIu64 "}", (left + rate - 1) / rate);
+    else
+        buf_printf(o, ",\"eta_s\":%s}", left ? "null" : "0");
     buf_printf(o,
                ",\"settings\":{\"heartbeat_ms\":%u,\"ping_timeout_ms\":%u,"
                "\"reprotect_delay_s\":%u,\"log_retention\":%" PRIu64 ",\"sync\":\"%s\"}}",
@@ -990,7 +1015,7 @@ static const struct {
     {"COORD.REMOVE", 2, 2, K_WRITE},
     {"DAEMON.REGISTER", 4, 8, K_WRITE},
     {"DAEMON.SHUTDOWN", 2, 2, K_WRITE},
-    {"DAEMON.HEARTBEAT", 2, 2, K_LEADER},
+    {"DAEMON.HEARTBEAT", 2, 7, K_LEADER},
     {"DAEMON.CAUGHT_UP", 6, 6, K_WRITE},
     {"DAEMON.HANDOFF", 2, 2, K_WRITE},
     {"DAEMON.UNREACHABLE", 3, 3, K_WRITE},
@@ -1102,8 +1127,9 @@ static void cmd_local(coord *co, net_conn *c, int argc, char **argv, size_t *arg
     }
 }
 
-/* DAEMON.HEARTBEAT id — leader only (invariant 3). */
-static void cmd_heartbeat(coord *co, net_conn *c, char **argv, size_t *argvlen)
+/* DAEMON.HEARTBEAT id [PROGRESS copies bytes_left bytes_per_s entries_left] —
+ * leader only (invariant 3). */
+static void cmd_heartbeat(coord *co, net_conn *c, int argc, char **argv, size_t *argvlen)
 {
     buf *out = net_reply_now(c);
     if (co->role != RAFT_LEADER) {
@@ -1114,9 +1140,17 @@ static void cmd_heartbeat(coord *co, net_conn *c, char **argv, size_t *argvlen)
         resp_add_error(out, "NOQUORUM the coordinator leader cannot reach a majority");
         return;
     }
-    uint64_t id;
+    uint64_t id, pg[4] = {0};
     if (!parse_u64(argv[1], argvlen[1], &id)) {
         resp_add_error(out, "ERR daemon id must be a number");
+        return;
+    }
+    bool ok = argc == 2 || (argc == 7 && is(argv[2], argvlen[2], "PROGRESS"));
+    for (int i = 0; ok && argc == 7 && i < 4; i++)
+        ok = parse_u64(argv[3 + i], argvlen[3 + i], &pg[i]);
+    if (!ok) {
+        resp_add_error(out, "ERR usage: DAEMON.HEARTBEAT id [PROGRESS copies bytes_left "
+                            "bytes_per_s entries_left]");
         return;
     }
     const cmap_daemon *d = cmap_daemon_find(co->map, id);
@@ -1130,7 +1164,13 @@ static void cmd_heartbeat(coord *co, net_conn *c, char **argv, size_t *argvlen)
         return;
     }
     hb_entry *h = hb_find(co, id, true);
-    if (h) h->last_ms = mono_ms();
+    if (h) {
+        h->last_ms = mono_ms();
+        h->pg_copies = pg[0];
+        h->pg_bytes_left = pg[1];
+        h->pg_bytes_per_s = pg[2];
+        h->pg_entries_left = pg[3];
+    }
     resp_add_array(out, 3);
     resp_add_int(out, (long long)co->map->version);
     resp_add_int(out, co->map->settings.heartbeat_ms);
@@ -1497,7 +1537,7 @@ static void dispatch(void *arg, net_conn *c, int argc, char **argv, size_t *argv
         }
     }
     if (cls == K_LEADER) {
-        cmd_heartbeat(co, c, argv, argvlen);
+        cmd_heartbeat(co, c, argc, argv, argvlen);
         return;
     }
     if (co->role != RAFT_LEADER) {

@@ -1086,11 +1086,17 @@ static void start_data_plane(dstate *d)
 static void send_heartbeat(dstate *d)
 {
     if (d->phase != PH_RUNNING || d->hb_inflight) return;
-    char idbuf[24];
-    snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)d->id.daemon_id);
-    const char *argv[2] = {"DAEMON.HEARTBEAT", idbuf};
+    char a[5][24];
+    snprintf(a[0], sizeof a[0], "%llu", (unsigned long long)d->id.daemon_id);
+    dpart_progress pg = {0};
+    if (d->dp) dpart_get_progress(d->dp, &pg);
+    snprintf(a[1], sizeof a[1], "%u", pg.copies);
+    snprintf(a[2], sizeof a[2], "%llu", (unsigned long long)pg.copy_bytes_left);
+    snprintf(a[3], sizeof a[3], "%llu", (unsigned long long)pg.copy_bytes_per_s);
+    snprintf(a[4], sizeof a[4], "%llu", (unsigned long long)pg.tail_entries_left);
+    const char *argv[7] = {"DAEMON.HEARTBEAT", a[0], "PROGRESS", a[1], a[2], a[3], a[4]};
     d->hb_inflight = true;
-    coord_send(d, RQ_HEARTBEAT, d->coords.cur, 2, argv);
+    coord_send(d, RQ_HEARTBEAT, d->coords.cur, 7, argv);
 }
 
 static void on_hb_timer(uv_timer_t *t)

@@ -429,6 +429,8 @@ typedef struct xfer {
     uint32_t space, part;
     rclient *rc;
     buf image;
+    uint64_t start_ms; /* loop time of COPY.BEGIN */
+    unsigned answered; /* requests answered so far (BEGIN, each chunk, END) */
     unsigned pending; /* requests not answered yet */
     bool failed;
     bool closing; /* being freed: callbacks only count down */
@@ -455,6 +457,7 @@ static void on_copy_reply(void *arg, const resp_reply *r, int status)
         x->pending--;
         return;
     }
+    x->answered++;
     if (status < 0 || !r || r->type == RESP_R_ERROR) {
         /* a pause for this copy ends with it (repl asks for another copy) */
         dp_part *p = part_find(x->dp, x->space, x->part);
@@ -517,6 +520,7 @@ static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id)
         return;
     }
     x->rc = rclient_new(dp->loop, d->host, d->peer_port, dp->o.host, 30000);
+    x->start_ms = uv_now(dp->loop);
     x->next = dp->xfers;
     dp->xfers = x;
     log_notice("event=full_copy_started space=%u partition=%u daemon=%" PRIu64 " seq=%" PRIu64
@@ -549,6 +553,34 @@ static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id)
     const char *end[2] = {"COPY.END", a[0]};
     x->pending++;
     rclient_send(x->rc, 2, end, NULL, on_copy_reply, x);
+}
+
+void dpart_get_progress(dpart *dp, dpart_progress *pg)
+{
+    *pg = (dpart_progress){0};
+    uint64_t now = uv_now(dp->loop);
+    for (xfer *x = dp->xfers; x; x = x->next) {
+        if (x->closing || x->failed) continue;
+        /* chunks are answered in order: all but BEGIN's answer are chunks
+         * (END's comes last, when everything was acknowledged) */
+        uint64_t acked = x->answered > 1 ? (uint64_t)(x->answered - 1) * DCOPY_DEFAULT_CHUNK : 0;
+        if (acked > x->image.len) acked = x->image.len;
+        pg->copies++;
+        pg->copy_bytes_left += x->image.len - acked;
+        uint64_t ms = now > x->start_ms ? now - x->start_ms : 1;
+        pg->copy_bytes_per_s += acked * 1000 / ms;
+    }
+    for (dp_part *p = dp->parts; p; p = p->next) {
+        repl_status st;
+        repl_status_get(p->r, &st);
+        if (st.role != REPL_ROLE_PRIMARY) continue;
+        for (uint32_t i = 0; i < st.n_peers; i++) {
+            const repl_peer_status *ps = &st.peers[i];
+            if (ps->id != st.self && ps->state == REPL_CATCHING_UP && !ps->copy &&
+                st.last > ps->match)
+                pg->tail_entries_left += st.last - ps->match;
+        }
+    }
 }
 
 /* ---- full copies (replica side) ----------------------------------------------------- */

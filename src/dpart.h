@@ -48,6 +48,15 @@ bool dpart_is_data_command(const char *name, size_t len);
  * partition is led by another daemon (smart clients: docs/protocol.md). */
 #define DPART_CONN_REDIRECT 1u
 void dpart_dispatch(dpart *dp, net_conn *c, int argc, char **argv, size_t *argvlen);
+/* Re-protection work this daemon is doing as a primary, for `keel status`
+ * (sent with every heartbeat; docs/status.md). */
+typedef struct dpart_progress {
+    uint32_t copies;             /* full copies being sent */
+    uint64_t copy_bytes_left;    /* of those copies, not yet acknowledged by the receivers */
+    uint64_t copy_bytes_per_s;   /* their combined rate so far */
+    uint64_t tail_entries_left;  /* log entries catching-up replicas still have to replay */
+} dpart_progress;
+void dpart_get_progress(dpart *dp, dpart_progress *pg);
 /* How many partitions this daemon leads in its current map. */
 uint32_t dpart_primaries(const dpart *dp);
 /* Stops: pending writes fail, the store is synced and closed. */

@@ -642,6 +642,7 @@ class FakeDaemon:
         self.target = None
         self.errors = []           # replies that are not the documented ones
         self.beats = 0
+        self.progress = None       # (copies, bytes_left, bytes_per_s, entries_left) to report
         self._stop = threading.Event()
         self._thread = None
 
@@ -677,7 +678,9 @@ class FakeDaemon:
         while not self._stop.is_set():
             target = self.target or self.coords[i % len(self.coords)]
             try:
-                r = call(target[0], target[1], "DAEMON.HEARTBEAT", str(self.id), timeout=1.0)
+                extra = (["PROGRESS"] + [str(v) for v in self.progress]) if self.progress else []
+                r = call(target[0], target[1], "DAEMON.HEARTBEAT", str(self.id), *extra,
+                         timeout=1.0)
                 self.target = target
                 self.beats += 1
                 if isinstance(r, list) and len(r) >= 2:

@@ -436,3 +436,40 @@ def test_joining_coordinator_answers_while_join_pending(cluster):
     c1.resume()
     cl.wait_voter(c2)
     cl.wait_converged()
+
+
+def test_status_sums_the_reprotection_progress_daemons_report(cluster):
+    """Daemons report the copies they send (bytes left, rate) and the log
+    entries their catching-up replicas still replay with every heartbeat;
+    the leader's CLUSTER.STATUS sums the ONLINE daemons' reports and derives
+    an ETA (issue 4 item 5). A malformed report is refused."""
+    cl = cluster()
+    cl.start_coordinators(3)
+    a, b = cl.add_fake_daemon(), cl.add_fake_daemon()
+    a.progress = (2, 6000, 1000, 7)
+    b.progress = (1, 3000, 500, 5)
+
+    def summed():
+        p = cl.wait_leader().status(stale=False)["protection"]
+        return p if p["copy_bytes_left"] == 9000 else None
+    p = wait_for(summed, 10, "both daemons' progress in CLUSTER.STATUS")
+    assert (p["copies_running"], p["copy_bytes_per_s"], p["tail_entries_left"]) == (3, 1500, 12)
+    assert p["eta_s"] == 6                  # 9000 bytes at 1500 bytes/s
+    b.progress = (1, 3000, 0, 0)
+    a.progress = (0, 0, 0, 0)
+    wait_for(lambda: cl.wait_leader().status(stale=False)["protection"]["copy_bytes_per_s"] == 0,
+             10, "the new reports")
+    assert cl.wait_leader().status(stale=False)["protection"]["eta_s"] is None  # no rate yet
+    b.stop(shutdown=True)   # a daemon that left counts no more
+    a.progress = None       # an old-style heartbeat reports nothing
+    wait_for(lambda: cl.wait_leader().status(stale=False)["protection"]["copy_bytes_left"] == 0,
+             10, "progress of departed daemons dropped")
+    assert cl.wait_leader().status(stale=False)["protection"]["eta_s"] == 0
+    leader = cl.wait_leader()
+    for bad in (["PROGRESS", "1", "2", "3"], ["PROGRESS", "1", "2", "x", "4"],
+                ["PROGRESZ", "1", "2", "3", "4"]):
+        try:
+            leader.call("DAEMON.HEARTBEAT", str(a.id), *bad)
+            raise AssertionError("accepted %r" % bad)
+        except RespError as e:
+            assert e.code == "ERR", e

@@ -437,6 +437,11 @@ def test_reprotection_by_full_copy_when_the_log_is_gone(cluster):
     _check_all_readable(ds, acked)
     # every daemon's copy answers SEARCH the same (index entries came along)
     assert _call_retry(ds, "COUNT", "kv") == len(acked)
+    # and the progress the daemons report drops back to nothing: no copy
+    # or replay is left running once every partition is protected
+    wait_for(lambda: (lambda p: p["copies_running"] == 0 and p["copy_bytes_left"] == 0 and
+                      p["tail_entries_left"] == 0 and p["eta_s"] == 0)(
+        cl.wait_leader().status(stale=False)["protection"]), 10, "no re-protection work left")
 
 
 def test_failed_condition_is_not_answered_from_an_uncommitted_write(cluster):

@@ -110,8 +110,16 @@ def test_routes_follow_a_failover(cluster):
     assert v2 > version and time.monotonic() - t0 < 20
     for p in led:
         assert daemons2[prim2[p]][2] == "ONLINE"
-    # a survivor with redirects on names a live primary for a key there
+    # a survivor with redirects on names a live primary once its map has
+    # caught up; until then its MOVED carries its older map's version, which
+    # is how a client knows to refresh from a coordinator instead
     survivor = ds[1]
+    for i in range(40):
+        r = _ask_with_redirect(survivor, "k%d" % i)
+        if isinstance(r, RespError) and str(r).startswith("MOVED"):
+            if str(r).split()[2] == victim.addr:
+                assert int(str(r).split()[3]) < v2, r
+    wait_for(lambda: _routes(survivor)[0] >= v2, 10, "the survivor's map at the new version")
     for i in range(40):
         r = _ask_with_redirect(survivor, "k%d" % i)
         if isinstance(r, RespError) and str(r).startswith("MOVED"):
