@@ -157,6 +157,9 @@ struct dpart {
     gather *waiting;    /* searches waiting for their turn on their connection */
     struct xfer *xfers; /* full copies being sent */
     uint64_t next_xfer;
+    uv_mutex_t snap_mu; /* snaps_running: full-copy snapshots on the thread pool */
+    uv_cond_t snap_cv;
+    unsigned snaps_running;
     bool stopping;
 };
 
@@ -419,9 +422,12 @@ static void on_ready_done(void *arg, commit_item *list)
 
 /* ---- full copies (primary side) ------------------------------------------------------ */
 
-/* A full copy being sent: the image is taken in one read transaction and sent
- * in chunks over a connection of its own (COPY.BEGIN, COPY.CHUNK..., COPY.END),
- * so replication messages do not wait behind it. */
+/* A full copy being sent: the image is taken in one read transaction on a
+ * thread-pool worker (a large partition must not stall this loop: heartbeats,
+ * and so the lease, run on it), then sent in chunks over a connection of its
+ * own (COPY.BEGIN, COPY.CHUNK..., COPY.END), so replication messages do not
+ * wait behind it. While `snapping`, only the worker touches `image`, and
+ * dpart_stop waits for the worker before it closes the store. */
 typedef struct xfer {
     struct xfer *next;
     dpart *dp;
@@ -429,6 +435,11 @@ typedef struct xfer {
     uint32_t space, part;
     rclient *rc;
     buf image;
+    uv_work_t work;
+    kv_space *sp; /* a reference, held while snapping */
+    bool snapping;
+    int snap_rc;
+    uint64_t seq, seq_epoch;
     uint64_t start_ms; /* loop time of COPY.BEGIN */
     unsigned answered; /* requests answered so far (BEGIN, each chunk, END) */
     unsigned pending; /* requests not answered yet */
@@ -445,6 +456,7 @@ static void xfer_free(dpart *dp, xfer *x)
             *pp = x->next;
             break;
         }
+    if (x->snapping) return; /* snap_done frees it */
     rclient_close(x->rc); /* runs the outstanding callbacks, which only count down */
     buf_free(&x->image);
     free(x);
@@ -496,12 +508,48 @@ static void on_copy_begin_reply(void *arg, const resp_reply *r, int status)
     on_copy_reply(arg, r, status);
 }
 
+static void snap_work(uv_work_t *w)
+{
+    xfer *x = w->data;
+    x->snap_rc = dcopy_snapshot(x->dp->st, x->sp, x->part, &x->seq, &x->seq_epoch, &x->image);
+    uv_mutex_lock(&x->dp->snap_mu);
+    x->dp->snaps_running--;
+    uv_cond_broadcast(&x->dp->snap_cv);
+    uv_mutex_unlock(&x->dp->snap_mu);
+}
+
+static void send_copy(dpart *dp, xfer *x);
+
+static void snap_done(uv_work_t *w, int status)
+{
+    xfer *x = w->data;
+    x->snapping = false;
+    kv_space_unref(x->sp);
+    x->sp = NULL;
+    if (x->closing) { /* unlinked while snapping (the daemon stops): dp may be gone */
+        buf_free(&x->image);
+        free(x);
+        return;
+    }
+    dpart *dp = x->dp;
+    const cmap_daemon *d = cmap_daemon_find(dp->map, x->peer);
+    if (status || x->snap_rc || !d) {
+        if (status || x->snap_rc)
+            log_warn("partition %u/%u: cannot take a full copy for daemon %" PRIu64 ": %s",
+                     x->space, x->part, x->peer,
+                     status ? uv_strerror(status) : dcopy_strerror(x->snap_rc));
+        xfer_free(dp, x); /* repl asks again */
+        return;
+    }
+    x->rc = rclient_new(dp->loop, d->host, d->peer_port, dp->o.host, 30000);
+    send_copy(dp, x);
+}
+
 static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id)
 {
     for (xfer *x = dp->xfers; x; x = x->next)
         if (x->space == p->space && x->part == p->part && x->peer == peer_id) return;
-    const cmap_daemon *d = cmap_daemon_find(dp->map, peer_id);
-    if (!d) return;
+    if (!cmap_daemon_find(dp->map, peer_id)) return;
     xfer *x = calloc(1, sizeof *x);
     if (!x) abort();
     x->dp = dp;
@@ -510,29 +558,42 @@ static void start_copy(dpart *dp, dp_part *p, uint64_t peer_id)
     x->space = p->space;
     x->part = p->part;
     buf_init(&x->image);
-    uint64_t seq, seq_epoch;
-    int rc = dcopy_snapshot(dp->st, p->sp, p->part, &seq, &seq_epoch, &x->image);
-    if (rc) {
-        log_warn("partition %u/%u: cannot take a full copy for daemon %" PRIu64 ": %s", p->space,
-                 p->part, peer_id, dcopy_strerror(rc));
-        buf_free(&x->image);
-        free(x);
-        return;
-    }
-    x->rc = rclient_new(dp->loop, d->host, d->peer_port, dp->o.host, 30000);
-    x->start_ms = uv_now(dp->loop);
+    x->sp = p->sp;
+    kv_space_ref(x->sp);
+    x->snapping = true;
+    x->work.data = x;
     x->next = dp->xfers;
     dp->xfers = x;
+    uv_mutex_lock(&dp->snap_mu);
+    dp->snaps_running++;
+    uv_mutex_unlock(&dp->snap_mu);
+    int rc = uv_queue_work(dp->loop, &x->work, snap_work, snap_done);
+    if (rc) { /* cannot happen with a valid loop; fail the copy, repl asks again */
+        uv_mutex_lock(&dp->snap_mu);
+        dp->snaps_running--;
+        uv_mutex_unlock(&dp->snap_mu);
+        x->snapping = false;
+        kv_space_unref(x->sp);
+        log_warn("partition %u/%u: cannot queue a full copy: %s", p->space, p->part,
+                 uv_strerror(rc));
+        xfer_free(dp, x);
+    }
+}
+
+static void send_copy(dpart *dp, xfer *x)
+{
+    uint64_t peer_id = x->peer;
+    x->start_ms = uv_now(dp->loop);
     log_notice("event=full_copy_started space=%u partition=%u daemon=%" PRIu64 " seq=%" PRIu64
                " bytes=%zu",
-               p->space, p->part, peer_id, seq, x->image.len);
+               x->space, x->part, peer_id, x->seq, x->image.len);
     char a[7][24];
     snprintf(a[0], sizeof a[0], "%" PRIu64, x->id);
     snprintf(a[1], sizeof a[1], "%" PRIu64, dp->o.self);
     snprintf(a[2], sizeof a[2], "%" PRIu64, peer_id);
-    snprintf(a[3], sizeof a[3], "%u", p->space);
-    snprintf(a[4], sizeof a[4], "%u", p->part);
-    snprintf(a[5], sizeof a[5], "%" PRIu64, seq);
+    snprintf(a[3], sizeof a[3], "%u", x->space);
+    snprintf(a[4], sizeof a[4], "%u", x->part);
+    snprintf(a[5], sizeof a[5], "%" PRIu64, x->seq);
     snprintf(a[6], sizeof a[6], "%zu", x->image.len);
     const char *begin[8] = {"COPY.BEGIN", a[0], a[1], a[2], a[3], a[4], a[5], a[6]};
     x->pending++;
@@ -560,7 +621,7 @@ void dpart_get_progress(dpart *dp, dpart_progress *pg)
     *pg = (dpart_progress){0};
     uint64_t now = uv_now(dp->loop);
     for (xfer *x = dp->xfers; x; x = x->next) {
-        if (x->closing || x->failed) continue;
+        if (x->snapping || x->closing || x->failed) continue; /* image: the worker's */
         /* chunks are answered in order: all but BEGIN's answer are chunks
          * (END's comes last, when everything was acknowledged) */
         uint64_t acked = x->answered > 1 ? (uint64_t)(x->answered - 1) * DCOPY_DEFAULT_CHUNK : 0;
@@ -1735,6 +1796,7 @@ int dpart_start(dpart **out, uv_loop_t *loop, const dpart_opts *o, char *err, si
     uv_prepare_init(loop, &dp->prepare);
     dp->prepare.data = dp;
     uv_prepare_start(&dp->prepare, on_prepare);
+    if (uv_mutex_init(&dp->snap_mu) || uv_cond_init(&dp->snap_cv)) abort();
     *out = dp;
     return 0;
 
@@ -1814,6 +1876,14 @@ void dpart_stop(dpart *dp)
     }
     while (dp->xfers)
         xfer_free(dp, dp->xfers);
+    /* a snapshot still reading the store finishes first (its xfer, unlinked
+     * above, is freed by snap_done without touching dp) */
+    uv_mutex_lock(&dp->snap_mu);
+    while (dp->snaps_running)
+        uv_cond_wait(&dp->snap_cv, &dp->snap_mu);
+    uv_mutex_unlock(&dp->snap_mu);
+    uv_mutex_destroy(&dp->snap_mu);
+    uv_cond_destroy(&dp->snap_cv);
     rtxn_release(dp);
     store_txn_abort(&dp->rtxn);
     store_close(dp->st);
