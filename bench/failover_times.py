@@ -39,9 +39,17 @@ not re-protection elsewhere; with 2 daemons there is nowhere else anyway).
    to IN_SYNC). Reports entries/s both including and net of that baseline.
 
    A tail trial whose daemon is not PROTECTED within 120 s is reported (with
-   any `full_copy_needed` events from the logs: this version cannot send
-   full copies) and ends the tail trials; it is a measured outcome, not a
-   failure to run.
+   any `full_copy_needed` events from the logs) and ends the tail trials; it
+   is a measured outcome, not a failure to run.
+3. Full copy (--copy-mb, default 200; 0 skips it): log_retention is set to
+   1000 entries, the same backup-only daemon is killed, `--copy-mb` MB of
+   1000-byte values (distinct keys) are written through the survivor, far
+   beyond the retained log, and the daemon is restarted: every partition it
+   held comes back by a full copy (snapshot + tail). The transfer rate is the
+   bytes of the copies (`event=full_copy_started ... bytes=N` on the
+   survivor) over the time from the first copy's start to the last
+   `event=full_copy_installed` on the returning daemon (the log timestamps of
+   the two processes share one clock); also reported: restart to PROTECTED.
 
 Every wait is bounded (60 s per failover, 120 s per restart, the client run
 300 s). Exit status 0 when every failover trial completed, whatever the
@@ -325,6 +333,53 @@ def tail_trial(cl, ds, client, victim, n):
     return took, t_pong, line
 
 
+def _log_ts(line):
+    """Seconds since the epoch of a log line's leading ISO timestamp."""
+    import datetime
+    stamp = line.split(" ", 1)[0].rstrip("Z")
+    return datetime.datetime.fromisoformat(stamp).replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def copy_trial(cl, ds, client, victim, mb):
+    """Kill victim, write mb MB of 1000-byte values meanwhile (beyond the
+    retained log), restart it; returns (bytes copied, seconds of the copies,
+    seconds from restart to PROTECTED, number of copies)."""
+    set_config(cl, "log_retention", 1000)
+    wait_protected(cl)
+    wait_leases(ds)
+    other = [d for d in ds if d is not victim][0]
+    victim.kill9()
+    harness.wait_for(lambda: leader_status(cl)["protection"]["degraded"] == PARTITIONS, 30,
+                     "every partition DEGRADED after the kill", interval=0.02)
+    n = mb * 1000
+    argv = [client, "-m", "put", "-s", "kv", "-h", other.host, "-p", str(other.port),
+            "-c", "50", "-n", str(n), "-d", "1000", "-S", "-T", "600"]
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=630)
+    line = p.stdout.decode().strip()
+    if p.returncode != 0 or not re.search(r"errors=0 ", line):
+        raise AssertionError("client failed (%d): %s" % (p.returncode, line))
+    print("  full-copy trial: wrote %d MB while %s was down: %s" % (mb, victim.name, line))
+    marks = (sum(len(harness._read(q).splitlines()) for q in other.logs),
+             sum(len(harness._read(q).splitlines()) for q in victim.logs))
+    t0 = time.monotonic()
+    victim.start(wait=False)
+    wait_protected(cl, timeout=RESTART_LIMIT_S * 3)
+    took = time.monotonic() - t0
+
+    def new_lines(node, skip):
+        lines = [ln for q in node.logs for ln in harness._read(q).splitlines()]
+        return lines[skip:]
+    started = [ln for ln in new_lines(other, marks[0]) if "event=full_copy_started" in ln]
+    installed = [ln for ln in new_lines(victim, marks[1]) if "event=full_copy_installed" in ln]
+    if not started or not installed:
+        raise AssertionError("no full copy happened (started %d, installed %d)"
+                             % (len(started), len(installed)))
+    nbytes = sum(int(re.search(r" bytes=(\d+)", ln).group(1)) for ln in started)
+    span = max(_log_ts(ln) for ln in installed) - min(_log_ts(ln) for ln in started)
+    return nbytes, span, took, len(started)
+
+
 def summary(times):
     return ("median %.0f ms, p90 %.0f ms, min %.0f ms, max %.0f ms"
             % (statistics.median(times) * 1000, harness.percentile(times, 90) * 1000,
@@ -351,6 +406,8 @@ def main():
     ap.add_argument("--tail-trials", type=int, default=3)
     ap.add_argument("--tail-n", type=int, default=200000)
     ap.add_argument("--coordinators", type=int, default=3)
+    ap.add_argument("--copy-mb", type=int, default=200,
+                    help="MB written while a daemon is away, then sent to it by full copy (0: skip)")
     ap.add_argument("--dir", help="base directory for the data (default: a new temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     a = ap.parse_args()
@@ -450,6 +507,17 @@ def main():
                   "no-write baseline: %s" % ("%.0f" % (a.tail_n / mt) if mt > 0 else "-", net))
             tails = (base_times, tail_times, net)
 
+        copy = None
+        if a.copy_mb:
+            set_config(cl, "ping_timeout_ms", 1000)
+            victim = backup_only(cl, ds)
+            nbytes, span, took, ncopies = copy_trial(cl, ds, a.client, victim, a.copy_mb)
+            rate = nbytes / span / 1e6 if span > 0 else float("inf")
+            print("full copy: %d copies, %.1f MB in %.2f s from the first copy's start to the "
+                  "last install: %.0f MB/s; restart to PROTECTED %.2f s"
+                  % (ncopies, nbytes / 1e6, span, rate, took))
+            copy = (nbytes, span, rate, took)
+
         print()
         print("| event | ping_timeout | trials | median | p90 | min | max |")
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -464,6 +532,9 @@ def main():
                 print("| %s | 1000 ms | %d | %.0f ms | %.0f ms | %.0f ms | %.0f ms |"
                       % (what, len(t), statistics.median(t) * 1000,
                          harness.percentile(t, 90) * 1000, min(t) * 1000, max(t) * 1000))
+        if copy:
+            print("| full copy of %.0f MB (%s), first start -> last install | 1000 ms | 1 | "
+                  "%.0f MB/s | | | |" % (copy[0] / 1e6, "%.2f s" % copy[1], copy[2]))
         ok = True
     finally:
         problems = cl.teardown()

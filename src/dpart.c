@@ -1114,6 +1114,8 @@ void dpart_map(dpart *dp, const cmap *m)
             dp_part *p = part_find(dp, cs->id, part);
             if (!p && !mine) continue;
             if (!p && !(p = part_open(dp, cs, part))) continue;
+            if (dp->map->settings.log_retention)
+                repl_set_retention(p->r, dp->map->settings.log_retention);
             part_configure(dp, p, pt);
         }
     }

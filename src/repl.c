@@ -737,6 +737,13 @@ void repl_opts_init(repl_opts *o, uint64_t self, uint32_t space, uint32_t part)
     o->copy_retry_ticks = 50;
 }
 
+int repl_set_retention(repl_part *p, uint64_t retain_entries)
+{
+    if (!retain_entries) return REPL_EINVAL;
+    p->o.retain_entries = retain_entries;
+    return REPL_OK;
+}
+
 int repl_new(const repl_opts *o, const repl_persisted *st, repl_part **out)
 {
     *out = NULL;

@@ -204,6 +204,11 @@ typedef struct repl_persisted {
 
 typedef struct repl_part repl_part; /* opaque */
 
+/* Changes retain_entries of a running part (the cluster's log_retention
+ * setting changed); takes effect at the next compaction. 0 is refused
+ * (REPL_EINVAL). */
+int repl_set_retention(repl_part *p, uint64_t retain_entries);
+
 /* Creates a part (st NULL: fresh and empty). It has no configuration until
  * repl_config. REPL_EINVAL for bad options, REPL_ECORRUPT for an
  * inconsistent st. On success *out is freed with repl_free. */

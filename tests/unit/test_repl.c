@@ -769,6 +769,40 @@ static void test_full_copy_when_tail_is_gone(void **state)
     teardown_all();
 }
 
+/* log_retention changed at runtime (repl_set_retention): the next
+ * compaction keeps only the new number of applied entries; 0 is refused. */
+static void test_set_retention_takes_effect_at_runtime(void **state)
+{
+    (void)state;
+    repl_opts o;
+    for (uint64_t i = 1; i <= 2; i++) {
+        opts_for(&o, i);
+        node_init(i, &o);
+    }
+    static const uint64_t ids[] = {1, 2};
+    static const uint8_t st[] = {REPL_IN_SYNC, REPL_IN_SYNC};
+    config(1, 1, ids, st, 2);
+    config(2, 1, ids, st, 2);
+    for (int i = 0; i < 12; i++) {
+        assert_int_equal(put(1, "k", "v", 0, 0, (uint64_t)i), REPL_OK);
+        pump();
+    }
+    repl_tick(N[1].p);
+    pump();
+    assert_true(status(1).base <= 1); /* the default keeps all of them */
+    assert_int_equal(repl_set_retention(N[1].p, 0), REPL_EINVAL);
+    assert_int_equal(repl_set_retention(N[1].p, 2), REPL_OK);
+    for (int i = 0; i < 3; i++) {
+        repl_tick(N[1].p);
+        pump();
+    }
+    repl_status s1 = status(1);
+    assert_true(s1.base > 1);
+    assert_true(s1.applied - s1.base <= 2 + 2 / 4 + 1);
+    assert_true(N[1].compacted_to > 1);
+    teardown_all();
+}
+
 /* A full copy that arrives after the replica already holds (and acked) later
  * entries keeps them when its log matches at the snapshot point. */
 static void test_install_snapshot_keeps_matching_tail(void **state)
@@ -1225,6 +1259,7 @@ int main(void)
         cmocka_unit_test_teardown(test_restarted_primary_counts_catching_up_replicas, teardown),
         cmocka_unit_test_teardown(test_departed_replica_replays_only_the_tail, teardown),
         cmocka_unit_test_teardown(test_full_copy_when_tail_is_gone, teardown),
+        cmocka_unit_test_teardown(test_set_retention_takes_effect_at_runtime, teardown),
         cmocka_unit_test_teardown(test_install_snapshot_keeps_matching_tail, teardown),
         cmocka_unit_test_teardown(test_unsafe_commit_flag_commits_without_acks, teardown),
         cmocka_unit_test_teardown(test_restart_from_persisted_state, teardown),
