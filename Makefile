@@ -30,7 +30,7 @@ DATA    ?= keel-local
 
 CORE_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
 CORE_OBJ := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
-LIB_SRC  := src/client.c src/resp.c src/buf.c
+LIB_SRC  := src/client.c src/kroute.c src/json.c src/resp.c src/buf.c
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
@@ -126,6 +126,9 @@ replsim-smoke: $(BUILD)/replsim
 	@$(BUILD)/replsim --seeds 200 --steps 2000 --break-commit-rule >$(BUILD)/replsim-broken.log 2>&1; rc=$$?; \
 	  if [ $$rc -eq 1 ]; then echo "replsim: checker caught the broken commit rule (expected): $$(grep -m1 VIOLATION $(BUILD)/replsim-broken.log)"; \
 	  else echo "replsim: expected a violation with --break-commit-rule, got exit $$rc"; tail -20 $(BUILD)/replsim-broken.log; exit 1; fi
+	@$(BUILD)/replsim --seeds 200 --steps 2000 --break-send-order >$(BUILD)/replsim-order.log 2>&1; rc=$$?; \
+	  if [ $$rc -eq 1 ]; then echo "replsim: checker caught APPENDs sent before they were durable (expected): $$(grep -m1 VIOLATION $(BUILD)/replsim-order.log)"; \
+	  else echo "replsim: expected a violation with --break-send-order, got exit $$rc"; tail -20 $(BUILD)/replsim-order.log; exit 1; fi
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
@@ -144,9 +147,15 @@ fuzz: $(FUZZ_BIN)
 e2e: $(BUILD)/keel $(BUILD)/libkeel.so
 	KEEL_BIN=$(abspath $(BUILD)/keel) $(PYTEST) -q tests/e2e
 
+# libkeel's cluster-mode probe (tests/cluster/test_libkeel_cluster.py),
+# linked against the public library alone.
+$(BUILD)/tests/keel_cluster_probe: tests/cluster/keel_cluster_probe.c $(BUILD)/libkeel.a include/keel.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libkeel.a
+
 # Multi-process cluster tests: coordinators and daemons on their own loopback
 # addresses, with kill -9, SIGSTOP and partitions.
-cluster: $(BUILD)/keel
+cluster: $(BUILD)/keel $(BUILD)/tests/keel_cluster_probe
 	KEEL_BIN=$(abspath $(BUILD)/keel) $(PYTEST) -q tests/cluster
 
 # Jepsen-style runs (tests/chaos): one seeded run, or a batch of seeds.

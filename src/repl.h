@@ -42,7 +42,10 @@
  *
  * Nothing may be reordered: an ACK in rd.msgs acknowledges entries of the same
  * batch, so it is sent only after they are durable, and a client is answered
- * only after the entry is applied. Between repl_ready_get and repl_advance no
+ * only after the entry is applied. A primary's APPENDs wait too: a primary
+ * that crashed after sending entries it had not stored, and came back in the
+ * same epoch, would number new entries with seqs its backups already hold
+ * (`replsim --break-send-order` shows the divergence). Between repl_ready_get and repl_advance no
  * other mutating call may be made on the same part (asserted). Everything a
  * Ready points to is owned by the part and valid until repl_advance.
  *

@@ -1,7 +1,7 @@
 /* replsim: deterministic simulator for per-partition replication (src/repl.h).
  *
  *   build/replsim [--seeds N] [--first-seed S] [--steps M] [--seed S]
- *                 [--verbose] [--break-commit-rule]
+ *                 [--verbose] [--break-commit-rule] [--break-send-order]
  *
  * Exit 0: no violation; 1: a violation (seed, step and a replay command are
  * printed); 2: usage error.
@@ -19,7 +19,8 @@
  *   - a seeded network that loses, delays, reorders and duplicates messages
  *     (every message goes through repl_msg_encode/repl_msg_decode);
  *   - crashes that lose everything not handed to the simulated disk through a
- *     Ready, pauses (SIGSTOP: the lease runs out while the daemon sleeps),
+ *     Ready (the daemon sends a Ready's messages only once its storage
+ *     actions are durable, repl.h); pauses (SIGSTOP: the lease runs out while the daemon sleeps),
  *     isolation, and disk loss of daemons that hold no replica;
  *   - clients doing read-modify-write increments and deletes with
  *     (client_id, client_seq), retrying on errors and timeouts, sometimes
@@ -40,6 +41,16 @@
  *                      and result;
  *   liveness           in the fault-free last LIVE_WINDOW steps every client
  *                      write gets acknowledged.
+ *
+ * Negative tests (each must end in a violation; make replsim-smoke checks):
+ *   --break-commit-rule  the primary commits on its own write alone;
+ *   --break-send-order   a primary sends a Ready's APPENDs before its storage
+ *                        actions are durable and may crash in between: a
+ *                        primary that restarts within its epoch then reuses
+ *                        seqs its backups already hold with other entries,
+ *                        which is why repl.h forbids reordering (overlapping
+ *                        the primary's disk write with its backups' needs a
+ *                        new epoch after every primary restart first).
  *
  * Invariant: all randomness comes from the run's splitmix64 state, so a seed
  * replays exactly.
@@ -143,6 +154,7 @@ typedef struct sim {
     /* knobs */
     uint32_t loss, dup, delay, crash_pm, restart_pct, pause_pm, resume_pct, cut_pm, uncut_pct, wipe_pct;
     uint32_t ready_pct, tick_pct, write_pct, hb_pct, push_pct, twice_pct, readd_pct;
+    bool early_appends; /* send a Ready's APPENDs before its storage is durable */
     uint32_t retain, msg_entries, inflight;
     /* network */
     packet *net;
@@ -245,8 +257,9 @@ static void fail(sim *s, const char *prop, const char *fmt, ...)
     va_end(ap);
     printf("VIOLATION seed=%llu step=%llu: %s: %s\n", (unsigned long long)s->seed, (unsigned long long)s->step,
            prop, detail);
-    printf("replay: build/replsim --seed %llu --steps %llu%s --verbose\n", (unsigned long long)s->seed,
-           (unsigned long long)s->steps, s->brk ? " --break-commit-rule" : "");
+    printf("replay: build/replsim --seed %llu --steps %llu%s%s --verbose\n", (unsigned long long)s->seed,
+           (unsigned long long)s->steps, s->brk ? " --break-commit-rule" : "",
+           s->early_appends ? " --break-send-order" : "");
     fflush(stdout);
 }
 
@@ -514,6 +527,16 @@ static void process_ready(sim *s, daemon *dd)
     repl_ready rd;
     repl_ready_get(dd->r, &rd);
     disk *d = &dd->d;
+    if (s->early_appends) {
+        /* APPENDs leave before this Ready is durable (repl.h allows it);
+         * a crash now loses the Ready's storage actions */
+        for (size_t i = 0; i < rd.n_msgs; i++)
+            if (rd.msgs[i].type == REPL_MSG_APPEND) net_send(s, &rd.msgs[i]);
+        if (rd.n_entries && pm(s, s->crash_pm * 4)) {
+            daemon_crash(s, dd);
+            return;
+        }
+    }
     if (rd.truncate_from) {
         if (rd.truncate_from <= d->base || rd.truncate_from <= d->applied) {
             fail(s, "storage contract", "daemon %llu told to truncate at %llu (applied %llu)", U(dd->id),
@@ -561,6 +584,7 @@ static void process_ready(sim *s, daemon *dd)
     }
     for (size_t i = 0; i < rd.n_msgs; i++) {
         const repl_msg *m = &rd.msgs[i];
+        if (s->early_appends && m->type == REPL_MSG_APPEND) continue; /* sent above */
         trace(s, "send %s %llu->%llu e%llu seq=%llu n=%u commit=%llu%s hint=%llu", repl_msg_type_name(m->type),
               U(m->from), U(m->to), U(m->epoch), U(m->seq), m->n_entries, U(m->commit), m->reject ? " reject" : "",
               U(m->hint));
@@ -951,6 +975,8 @@ static void deliver(sim *s)
 
 /* ---- one run ---------------------------------------------------------------------------------------- */
 
+static bool g_break_send_order; /* --break-send-order */
+
 static bool run_seed(uint64_t seed, uint64_t steps, bool verbose, bool brk)
 {
     sim *s = xrealloc(NULL, sizeof *s);
@@ -975,6 +1001,7 @@ static bool run_seed(uint64_t seed, uint64_t steps, bool verbose, bool brk)
     s->uncut_pct = 3 + rnd(s, 10);
     s->wipe_pct = rnd(s, 40);
     s->ready_pct = 40 + rnd(s, 61);
+    s->early_appends = g_break_send_order;
     s->tick_pct = 70 + rnd(s, 31);
     s->write_pct = 20 + rnd(s, 80);
     s->hb_pct = 75 + rnd(s, 26);
@@ -1056,7 +1083,7 @@ static bool run_seed(uint64_t seed, uint64_t steps, bool verbose, bool brk)
 static int usage(void)
 {
     fprintf(stderr, "usage: build/replsim [--seeds N] [--first-seed S] [--steps M] [--seed S]\n"
-                    "                     [--verbose] [--break-commit-rule]\n");
+                    "                     [--verbose] [--break-commit-rule] [--break-send-order]\n");
     return 2;
 }
 
@@ -1081,6 +1108,8 @@ int main(int argc, char **argv)
             verbose = true;
         } else if (!strcmp(a, "--break-commit-rule")) {
             brk = true;
+        } else if (!strcmp(a, "--break-send-order")) {
+            g_break_send_order = true;
         } else if (!strcmp(a, "--seeds") && parse_u64(v, &seeds) && seeds > 0) {
             i++;
         } else if (!strcmp(a, "--first-seed") && parse_u64(v, &first)) {
