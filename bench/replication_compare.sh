@@ -11,16 +11,26 @@
 #      where every request is `SET key value` followed by `WAIT 1 0`, so it
 #      is acknowledged only once the replica has it. The client is
 #      bench/redis_wait.c (redis-benchmark cannot send SET+WAIT as one
-#      request), built into the temp dir: CLIENTS connections, pipeline 1,
-#      DATA-byte values, random keys over KEYSPACE. keel's connections are
-#      spread over both daemons; a daemon forwards a key whose primary is the
-#      other daemon (one extra hop for about half the requests).
+#      request), built into the temp dir: CLIENTS logical clients, pipeline 1
+#      (one request outstanding per client), DATA-byte values, random keys
+#      over KEYSPACE.
+#      keel is addressed the way a smart client does (ROUTED=1, the default):
+#      redis_wait -R fetches CLUSTER.ROUTES from the coordinator once, each
+#      client opens one connection per primary daemon with CLIENT.REDIRECT
+#      ON, and sends every request to its key's partition's primary (so keel
+#      has 2 x CLIENTS sockets, Redis CLIENTS). A -MOVED reply is an error,
+#      which fails the script, so a finished run sent nothing to a
+#      non-primary. With ROUTED=0 the clients' single connections are spread
+#      over both daemons instead, and a daemon forwards a key whose primary
+#      is the other one (one extra hop for about half the requests): the
+#      forwarding path, as a client without routing sees it.
 #   2. fsync on every write: if `keel daemon --help` offers `--sync always`,
 #      a coordinator and 2 daemons started one by one with --sync always
 #      (keel local passes no daemon flags) against the Redis pair with
 #      appendfsync always on both; PUT vs SET+WAIT only. Otherwise skipped.
-#   3. Reads: keel GET through the daemons against Redis GET on the primary,
-#      same client, after both were preloaded with every key.
+#   3. Reads: keel GET (routed to the primaries, or with ROUTED=0 through
+#      any daemon) against Redis GET on the primary, same client, after both
+#      were preloaded with every key (the keel preload is routed the same way).
 #   4. With FAILOVER=1 (default), bench/failover_times.py on its own cluster:
 #      kill -9 / SIGSTOP of a primary -> first acknowledged write on its
 #      partition, with ping_timeout 3000 and 1000 ms; and the tail-replay rate
@@ -58,10 +68,14 @@ environment (defaults in brackets; QUICK=1 changes the defaults shown second):
   N_PUT        requests per write run                             [100000 | 20000]
   N_GET        requests per read run                              [200000 | 40000]
   N_ALWAYS     requests per write run of the fsync-always pair     [20000 | 5000]
-  CLIENTS      connections                                        [50]
+  CLIENTS      logical clients, one request outstanding on each   [50]
+  ROUTED       1: keel requests go straight to the partition's primary
+               (redis_wait -R, CLIENT.REDIRECT ON, -MOVED fails the run);
+               0: spread over the daemons, which forward (one extra hop
+               for about half the requests)                       [1]
   KEYSPACE     random keys over this many; also the preload       [100000]
   DATA         value size in bytes                                [100]
-  KEEL         keel binary                                        [<repo>/build/keel]
+  KEEL         keel binary, e.g. KEEL=build/bench/keel            [<repo>/build/keel]
   RUN_TIMEOUT  seconds allowed for one client run                 [600]
   FAILOVER     1: also run bench/failover_times.py                [1]
   FO_TRIALS    failover trials per scenario                       [7 | 1]
@@ -105,6 +119,7 @@ DATA=${DATA:-100}
 KEEL=${KEEL:-$REPO/build/keel}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 FAILOVER=${FAILOVER:-1}
+ROUTED=${ROUTED:-1}
 FO_TIMEOUT=${FO_TIMEOUT:-1500}
 MAX_OTHER=${MAX_OTHER:-25}
 RETRIES=${RETRIES:-2}
@@ -123,6 +138,7 @@ for v in QUIET_WAIT RETRIES TAIL_TRIALS; do
     esac
 done
 case "$FAILOVER" in 0|1) ;; *) echo "replication_compare: FAILOVER must be 0 or 1" >&2; exit 2 ;; esac
+case "$ROUTED" in 0|1) ;; *) echo "replication_compare: ROUTED must be 0 or 1" >&2; exit 2 ;; esac
 
 # ------------------------------------------------------------ prerequisites --
 
@@ -131,6 +147,8 @@ for tool in redis-server:redis-server redis-cli:redis-tools cc:gcc timeout:coreu
             awk:mawk /usr/bin/python3:python3; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool#*:}"
 done
+# bench/redis_wait.c includes <xxhash.h> (header-only, for the key's partition)
+echo '#include <xxhash.h>' | cc -E -x c - >/dev/null 2>&1 || missing="$missing libxxhash-dev"
 if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     missing=$(printf '%s\n' $missing | sort -u | tr '\n' ' ')
@@ -429,7 +447,7 @@ check_alive() {
 
 # bench LABEL SERVER REP N CLIENT-ARGS...: one measurement with the discard rule
 bench() {
-    local label=$1 server=$2 rep=$3 n=$4 rc line attempt flag pids
+    local label=$1 server=$2 rep=$3 n=$4 rc line attempt flag pids route
     shift 4
     for attempt in $(seq 0 "$RETRIES"); do
         RUN_NO=$((RUN_NO + 1))
@@ -459,14 +477,19 @@ bench() {
             [0-9]*"	"[0-9]*"	"[0-9]*) ;;
             *) cat "$out" "$err" >&2; fail "$label on $server: could not parse the client's output" ;;
         esac
+        route=""
+        if [ "$server" = keel ] && [ "$ROUTED" = 1 ]; then
+            route=$(sed -n 's/.* routed=1 map_version=\([0-9]*\) per_daemon=\([0-9:,]*\)$/routed by map v\1, requests per daemon id \2/p' "$out")
+            [ -n "$route" ] || { cat "$out" "$err" >&2; fail "$label on $server: the client did not report a routed run"; }
+        fi
         flag=""
         if [ "$DURING" -gt "$MAX_OTHER" ]; then
             if [ "$attempt" -lt "$RETRIES" ]; then flag="discarded"
             else flag="kept, disturbed"; FLAGGED=$((FLAGGED + 1)); fi
         fi
-        printf '  %-5s %-6s rep %d: %8.0f rps  p50 %6s ms  p99 %7s ms  other load: before %3s%%, during %3s%%%s\n' \
+        printf '  %-5s %-6s rep %d: %8.0f rps  p50 %6s ms  p99 %7s ms  other load: before %3s%%, during %3s%%%s%s\n' \
             "$label" "$server" "$rep" "$(cut -f1 <<<"$line")" "$(cut -f2 <<<"$line")" \
-            "$(cut -f3 <<<"$line")" "$BUSY" "$DURING" "${flag:+  ($flag)}"
+            "$(cut -f3 <<<"$line")" "$BUSY" "$DURING" "${flag:+  ($flag)}" "${route:+  [$route]}"
         if [ "$flag" = discarded ]; then DISCARDED=$((DISCARDED + 1)); continue; fi
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%d\n' "$label" "$server" "$rep" "$line" "$BUSY" "$DURING" \
             "$([ -n "$flag" ] && echo 1 || echo 0)" >>"$RESULTS"
@@ -475,6 +498,12 @@ bench() {
 }
 
 KEEL_PORTS=""      # set after start: "D1,D2"
+KEEL_TARGET=()     # set after start: where redis_wait sends keel requests
+
+keel_target() {    # sets KEEL_TARGET for the keel cluster just started
+    if [ "$ROUTED" = 1 ]; then KEEL_TARGET=(-R "127.0.0.1:$COORD_PORT")
+    else KEEL_TARGET=(-p "$KEEL_PORTS"); fi
+}
 
 pair() {           # pair LABEL REP N KEEL-ARGS -- REDIS-ARGS
     local label=$1 rep=$2 n=$3 keelargs=() redisargs=() side=keel a
@@ -484,11 +513,11 @@ pair() {           # pair LABEL REP N KEEL-ARGS -- REDIS-ARGS
         if [ "$side" = keel ]; then keelargs+=("$a"); else redisargs+=("$a"); fi
     done
     if [ $((rep % 2)) -eq 1 ]; then
-        bench "$label" keel "$rep" "$n" -p "$KEEL_PORTS" "${keelargs[@]}"
+        bench "$label" keel "$rep" "$n" "${KEEL_TARGET[@]}" "${keelargs[@]}"
         bench "$label" redis "$rep" "$n" -p "$RPRIMARY_PORT" "${redisargs[@]}"
     else
         bench "$label" redis "$rep" "$n" -p "$RPRIMARY_PORT" "${redisargs[@]}"
-        bench "$label" keel "$rep" "$n" -p "$KEEL_PORTS" "${keelargs[@]}"
+        bench "$label" keel "$rep" "$n" "${KEEL_TARGET[@]}" "${keelargs[@]}"
     fi
 }
 
@@ -538,11 +567,17 @@ echo "- redis: $(redis-server --version | awk '{print $3}' | sed 's/v=//')"
 echo "- data dir filesystem: $(df -PT "$WORK" | awk 'NR == 2 { print $2 " on " $1 }') ($WORK)"
 echo "- load average before start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- settings: R=$R CLIENTS=$CLIENTS KEYSPACE=$KEYSPACE DATA=$DATA N_PUT=$N_PUT N_GET=$N_GET N_ALWAYS=$N_ALWAYS pipeline 1; FO_TRIALS=$FO_TRIALS TAIL_TRIALS=$TAIL_TRIALS TAIL_N=$TAIL_N"
+if [ "$ROUTED" = 1 ]; then
+    echo "- keel addressing: ROUTED=1, every request sent to its partition's primary (CLUSTER.ROUTES from the coordinator, CLIENT.REDIRECT ON; a -MOVED fails the run)"
+else
+    echo "- keel addressing: ROUTED=0, connections spread over both daemons, which forward keys they do not lead (one extra hop for about half the requests)"
+fi
 echo "- noise control: MAX_OTHER=$MAX_OTHER% RETRIES=$RETRIES QUIET_WAIT=${QUIET_WAIT}s QUIET_BUSY=$QUIET_BUSY%"
 echo
 
 setup_keel_space() {
     KEEL_PORTS="$D1_PORT,$D2_PORT"
+    keel_target
     expect "keel SPACE.ADD" OK -p "$COORD_PORT" SPACE.ADD "space kv key k attributes v create 8 partitions tolerate 1 failures"
     wait_until 30 "both keel daemons to serve the space" keel_serves
     wait_until 30 "every keel partition PROTECTED" keel_protected
@@ -569,7 +604,7 @@ start_redis_pair everysec
 # preload every key once on both sides, so every GET hits
 t0=$(date +%s.%N)
 run_bg /dev/null "$WORK/preload-keel" "$WORK/preload-keel.err" "$CLIENT" -m put -s kv -S \
-    -p "$KEEL_PORTS" -c "$CLIENTS" -n "$KEYSPACE" -d "$DATA" -T "$RUN_TIMEOUT" \
+    "${KEEL_TARGET[@]}" -c "$CLIENTS" -n "$KEYSPACE" -d "$DATA" -T "$RUN_TIMEOUT" \
     || fail "keel preload: $(cat "$WORK/preload-keel" "$WORK/preload-keel.err")"
 echo "preloaded $KEYSPACE keys into keel in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }') s"
 t0=$(date +%s.%N)
@@ -622,8 +657,10 @@ echo "### Results (median of $R runs each; 50 connections, pipeline 1)"
 echo
 echo "| test (keel / redis) | keel rps | redis rps | keel/redis | keel p50 ms | redis p50 ms | keel p99 ms | redis p99 ms | spread keel / redis |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-ROWS=("PUT|PUT, 2 copies|SET + WAIT 1 0" "GET|GET via a daemon|GET on the primary")
-[ "$ALWAYS_ROW" = 1 ] && ROWS+=("PUTA|PUT, 2 copies, --sync always|SET + WAIT 1 0, appendfsync always")
+if [ "$ROUTED" = 1 ]; then KGET="GET on the partition's primary (routed)"; KHOW=routed
+else KGET="GET via any daemon (forwarded when not primary)"; KHOW="via any daemon"; fi
+ROWS=("PUT|PUT, 2 copies, $KHOW|SET + WAIT 1 0" "GET|$KGET|GET on the primary")
+[ "$ALWAYS_ROW" = 1 ] && ROWS+=("PUTA|PUT, 2 copies, --sync always, $KHOW|SET + WAIT 1 0, appendfsync always")
 for row in "${ROWS[@]}"; do
     IFS='|' read -r label kname rname <<<"$row"
     kr=$(median "$label" keel 4) || fail "no results for $label keel"
@@ -641,8 +678,8 @@ fi
 echo
 echo "### Aims"
 echo
-aim PUT 1.5 "replicated PUT (2 copies) / SET + WAIT 1 0"
-aim GET 0.9 "GET via a daemon / GET on the redis primary"
+aim PUT 1.5 "replicated PUT (2 copies, $KHOW) / SET + WAIT 1 0"
+aim GET 0.9 "keel $KGET / GET on the redis primary"
 echo
 echo "data on disk after the runs: keel $keel_du (coordinator + 2 daemons), redis $redis_du (primary + replica)"
 echo "spread = (max - min) / median of the $R rps values; '-' with R=1."
