@@ -1,11 +1,25 @@
 /* keel.h: libkeel, the C client library of the keel key-value store.
  *
- * libkeel speaks keel's wire protocol (RESP2, docs/protocol.md) over one
- * blocking TCP connection per client handle. It offers typed calls for every
- * data and space command (keel_put, keel_get, keel_search, keel_space_add,
- * ...) and for cluster administration (keel_cluster_status,
- * keel_coordinator_remove), a generic keel_command for anything else (INFO,
- * CLUSTER.MAP, a shell), and a pipeline for many requests in flight.
+ * libkeel speaks keel's wire protocol (RESP2, docs/protocol.md) over blocking
+ * TCP connections. It offers typed calls for every data and space command
+ * (keel_put, keel_get, keel_search, keel_space_add, ...) and for cluster
+ * administration (keel_cluster_status, keel_coordinator_remove), a generic
+ * keel_command for anything else (INFO, CLUSTER.MAP, a shell), and a pipeline
+ * for many requests in flight.
+ *
+ * One handle serves any of keel's three server kinds; keel_client_connect
+ * asks the address given (INFO server) which one it is:
+ *
+ *   - standalone (`keel standalone`, or a server that does not say): one
+ *     connection, every call goes to it, nothing is ever re-sent.
+ *   - coordinator or daemon: cluster mode (docs/libkeel.md). Data calls go
+ *     straight to the primary daemon of the key's partition, from a routing
+ *     table (CLUSTER.ROUTES) the client caches and refreshes; administration
+ *     goes to the coordinators, the leader first; failed calls are retried
+ *     within a time budget (keel_client_set_retry_timeout), and every write
+ *     carries (client id, sequence number) so a retried write is applied
+ *     exactly once. keel_ping, keel_command and the pipeline still talk to
+ *     the address given (the pipeline: see its section).
  *
  * Conventions (every function below follows them):
  *
@@ -21,11 +35,13 @@
  *     are byte strings with an explicit length and may contain NUL bytes.
  *   - A keel_client is used by one thread at a time. Distinct clients are
  *     independent and may be used from different threads.
- *   - A failed connection is sticky (like a failed LMDB transaction): after
- *     KEEL_ERR_IO or KEEL_ERR_PROTOCOL the position in the reply stream is
- *     lost, so every later call on that client returns KEEL_ERR_IO at once.
- *     Close it and connect again. Server errors (the codes named after the
- *     server's error words) leave the connection usable.
+ *   - Standalone mode: a failed connection is sticky (like a failed LMDB
+ *     transaction): after KEEL_ERR_IO or KEEL_ERR_PROTOCOL the position in
+ *     the reply stream is lost, so every later call on that client returns
+ *     KEEL_ERR_IO at once. Close it and connect again. Server errors (the
+ *     codes named after the server's error words) leave the connection
+ *     usable. Cluster mode: a failed connection is closed and the next call
+ *     that needs it opens a new one; the client stays usable.
  *   - Out of memory while buffering bytes to or from the network aborts the
  *     process, as everywhere in keel; KEEL_ERR_NOMEM reports a failure to
  *     allocate a result handed to the caller.
@@ -99,7 +115,9 @@ KEEL_API const char *keel_strerror(int status);
  * Connection
  * ------------------------------------------------------------------------- */
 
-/* Opaque handle: one TCP connection plus its buffers. */
+/* Opaque handle: the connection to the address given plus, in cluster mode,
+ * connections to daemons and coordinators opened when first needed, the
+ * cached routing table and the exactly-once write counter. */
 typedef struct keel_client keel_client;
 
 /* Connects to host:port. host is a name or a numeric IPv4/IPv6 address,
@@ -107,6 +125,15 @@ typedef struct keel_client keel_client;
  * bounds the connect and, later, every wait for the server to accept or
  * deliver bytes (a call fails with KEEL_ERR_IO once the server has been
  * silent that long); 0 means wait forever.
+ *
+ * Then asks the server INFO server. A reply with "mode:coordinator" or
+ * "mode:daemon" puts the client in cluster mode (keel_client_mode); anything
+ * else (mode:standalone, an error reply, a server that is not keel) leaves it
+ * in standalone mode. In cluster mode it also learns, best effort and for at
+ * most about 2 seconds, the coordinators (CLUSTER.STATUS STALE from a
+ * coordinator, INFO lease from a daemon) and the routing table
+ * (CLUSTER.ROUTES); if that fails the first call tries again. The client id
+ * for exactly-once writes is drawn here (getrandom, 63 bits, never 0).
  *
  * On KEEL_OK *out is a new connected client.
  *
@@ -127,6 +154,56 @@ KEEL_API int keel_client_connect(const char *host, int port, int timeout_ms, kee
  * handed out (objects, replies, strings) stay valid: the caller owns them.
  * NULL is a no-op. */
 KEEL_API void keel_client_close(keel_client *c);
+
+/* What the address given turned out to be. */
+typedef enum keel_mode {
+    KEEL_MODE_NONE = 0,       /* not connected (a failed keel_client_connect) */
+    KEEL_MODE_STANDALONE = 1, /* one server; no routing, no retries */
+    KEEL_MODE_COORDINATOR = 2, /* a coordinator: cluster mode */
+    KEEL_MODE_DAEMON = 3       /* a daemon: cluster mode */
+} keel_mode;
+
+/* c's mode (KEEL_MODE_NONE for NULL). */
+KEEL_API keel_mode keel_client_mode(const keel_client *c);
+
+/* Default bound on the retries of one call in cluster mode, milliseconds. */
+#define KEEL_DEFAULT_RETRY_TIMEOUT_MS 15000
+
+/* Cluster mode: a call that fails with a retryable error is tried again until
+ * ms milliseconds have passed since it started (no attempt starts later, no
+ * wait ends later; an attempt gets the time left, at least 100 ms, as its
+ * timeout, bounded by the connect timeout). 0 disables retries: each call
+ * makes one attempt (a -MOVED is still followed once, as it is a routing
+ * answer, not a failure). Default KEEL_DEFAULT_RETRY_TIMEOUT_MS. No effect in
+ * standalone mode. KEEL_ERR_INVALID for NULL c or ms < 0. */
+KEEL_API int keel_client_set_retry_timeout(keel_client *c, int ms);
+
+/* The random client id of c's exactly-once writes (cluster mode; 0 for NULL
+ * c). Writes are sent as SEQ client_id client_seq <write>; client_seq starts
+ * at 1 and grows by one per write call (keel_put, keel_del, keel_cput,
+ * keel_add), and every retry of a call carries the same pair. */
+KEEL_API uint64_t keel_client_id(const keel_client *c);
+
+/* Counters of what c did, for tests, benchmarks and debugging. They only
+ * grow; new fields are added at the end. */
+typedef struct keel_client_stats {
+    uint64_t attempts;        /* requests sent by typed calls, retries included
+                                 (route refreshes and discovery not counted) */
+    uint64_t retries;         /* attempts after the first of a call */
+    uint64_t moved;           /* -MOVED replies followed */
+    uint64_t route_refreshes; /* routing tables received (CLUSTER.ROUTES) */
+    uint64_t connects;        /* connections opened, the first included */
+    uint64_t map_version;     /* version of the cached routing table; 0: none */
+} keel_client_stats;
+
+/* Copies c's counters into *out. Both must not be NULL. */
+KEEL_API void keel_client_get_stats(const keel_client *c, keel_client_stats *out);
+
+/* "host:port" of the server that answered c's last typed call or
+ * keel_command (after retries: the one that gave the final answer); "" if
+ * none did. Owned by c, valid until the next call on c. Lets a caller see
+ * where a call was routed. */
+KEEL_API const char *keel_client_last_addr(const keel_client *c);
 
 /* The detail of the last failed call on c: for a server error, the server's
  * whole error line without the leading '-' (e.g. "NOSPACE no such space 'x'");
@@ -183,9 +260,34 @@ KEEL_API const keel_object_attr *keel_object_find(const keel_object *o, const ch
 /* ---------------------------------------------------------------------------
  * Data operations
  *
- * space is the space name. key/keylen is the object's key. All of them are
- * single round trips and fail with KEEL_ERR_INVALID while pipelined replies
- * are still unread (see the pipeline section).
+ * space is the space name. key/keylen is the object's key. All of them fail
+ * with KEEL_ERR_INVALID while pipelined replies are still unread (see the
+ * pipeline section).
+ *
+ * Standalone mode: one round trip each, never re-sent.
+ *
+ * Cluster mode (docs/libkeel.md):
+ *   - keel_put, keel_get, keel_del, keel_cput and keel_add go straight to the
+ *     daemon leading the key's partition (XXH64(key) % partitions, primary
+ *     from the cached CLUSTER.ROUTES table), on a connection that asked
+ *     CLIENT.REDIRECT ON, so a daemon that is not the primary answers -MOVED
+ *     instead of forwarding; keel_search and keel_count go to any ONLINE
+ *     daemon, which fans out.
+ *   - Writes are sent as SEQ client_id client_seq <write>: one new client_seq
+ *     per call, the same pair on every retry, so the daemons apply a write
+ *     once however often it is retried (across a failover too) and answer a
+ *     retry with the first result (an ADD's one sum, a DEL's "existed").
+ *   - A call is retried until the retry budget runs out
+ *     (keel_client_set_retry_timeout, default 15 s) after: a connection
+ *     error (before or after sending, timeouts included), -TRYAGAIN,
+ *     -NOQUORUM (all three refresh the table first, and wait 50 ms doubling
+ *     up to 500 ms between attempts), -MOVED (to the daemon it names, at once
+ *     when the call has not tried it yet), and -NOSPACE while the coordinators know the space (a
+ *     daemon whose map is behind). -UNAVAILABLE and every other error are
+ *     returned at once. When the budget runs out the last failure is
+ *     returned; a write may then have been applied or not, and calling again
+ *     is a new write. -ERR stale request (a later write of this client id was
+ *     accepted) is returned as KEEL_ERR_SERVER.
  * ------------------------------------------------------------------------- */
 
 /* PUT: creates the object or updates the n named attributes (n may be 0). */
@@ -281,17 +383,27 @@ KEEL_API int keel_space_describe(keel_client *c, const char *name, char **text);
  * keel_cluster_status). NULL is a no-op. */
 KEEL_API void keel_free(void *p);
 
-/* PING: KEEL_OK if the server answered with a status reply (+PONG). */
+/* PING: KEEL_OK if the server answered with a status reply (+PONG). Always
+ * the address given, once (cluster mode reopens its connection if needed). */
 KEEL_API int keel_ping(keel_client *c);
 
 /* ---------------------------------------------------------------------------
  * Cluster administration (sent to a coordinator, docs/coordinator.md)
  *
- * While the coordinators elect a leader these calls fail with
- * KEEL_ERR_TRYAGAIN; keel_client_errmsg then holds the coordinator's line,
- * which names the leader's client address when it is known
- * ("TRYAGAIN leader is 10.0.0.2:1982 (unreachable from here)"), so the caller
- * may retry there, after a pause. libkeel itself never retries.
+ * Standalone mode: sent to the server given, once. While coordinators elect a
+ * leader these calls fail with KEEL_ERR_TRYAGAIN; keel_client_errmsg then
+ * holds the coordinator's line, which names the leader's client address when
+ * it is known ("TRYAGAIN leader is 10.0.0.2:1982 (unreachable from here)").
+ *
+ * Cluster mode: keel_space_add, keel_space_drop, keel_space_list,
+ * keel_space_describe, keel_cluster_status and keel_coordinator_remove go to
+ * the coordinators (learnt at connect: CLUSTER.STATUS from a coordinator,
+ * INFO lease from a daemon), the leader first, and are retried within the
+ * retry budget after connection errors, -TRYAGAIN (to the leader the line
+ * names, else the next coordinator) and -NOQUORUM. So a space added through a
+ * daemon's address works. A keel_space_add or keel_space_drop whose first
+ * attempt was applied but whose answer was lost answers its retry with
+ * KEEL_ERR_SERVER (the space exists) or KEEL_ERR_NOSPACE.
  * ------------------------------------------------------------------------- */
 
 /* CLUSTER.STATUS: on KEEL_OK *json is the cluster's status, a JSON document
@@ -348,7 +460,11 @@ KEEL_API int keel_reply_status(const keel_reply *r);
  * Returns KEEL_OK whenever a complete reply arrived, including an error
  * reply: *out is then the reply (the caller frees it with keel_reply_free) and,
  * for an error reply, keel_client_errmsg holds its text and keel_reply_status
- * tells its code. Any other status means no reply (*out untouched). */
+ * tells its code. Any other status means no reply (*out untouched).
+ *
+ * The command goes to the address given, as it is, once, in every mode: no
+ * routing, no SEQ, no retries (a daemon forwards a data command itself). In
+ * cluster mode a failed connection is reopened by the next call. */
 KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv, const size_t *argvlen,
                           keel_reply **out);
 
@@ -362,6 +478,16 @@ KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv, con
  * KEEL_ERR_INVALID. Flushing reads replies that are already arriving into the
  * client's buffer while it writes, so a long pipeline cannot deadlock against
  * a server that stops reading until its replies are consumed.
+ *
+ * Cluster mode: a pipeline runs on one daemon connection without
+ * CLIENT.REDIRECT, so that daemon forwards each request to its partition's
+ * primary: the address given when it is a daemon, else an ONLINE daemon from
+ * the routing table (chosen when the first request of a pipeline is
+ * appended). Requests go as they are (no SEQ) and nothing is retried or
+ * re-routed: a connection failure returns KEEL_ERR_IO and drops every reply
+ * still unread (keel_pipeline_pending becomes 0; which of those requests were
+ * applied is unknown), and the next append opens a new connection. Use the
+ * typed calls when writes must be retried safely.
  * ------------------------------------------------------------------------- */
 
 /* Queues one request (arguments as for keel_command). The arguments are

@@ -2,7 +2,7 @@
 # Installs the Debian packages keel needs to build and test, if any are
 # missing. As root it runs apt-get; otherwise it prints the exact command.
 set -eu
-PKGS="build-essential pkg-config clang libuv1-dev liblmdb-dev libcmocka-dev libxxhash-dev libedit-dev python3 python3-pytest redis-server redis-tools nftables"
+PKGS="build-essential pkg-config clang libuv1-dev liblmdb-dev libcmocka-dev libxxhash-dev libedit-dev python3 python3-pytest python3-xxhash redis-server redis-tools nftables"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

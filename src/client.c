@@ -1,23 +1,36 @@
-/* client: libkeel, the public C client (see include/keel.h for the API).
+/* client: libkeel, the public C client (see include/keel.h for the API and
+ * docs/libkeel.md for cluster mode).
  *
  * Design note
  * -----------
- * A keel_client is one TCP connection in non-blocking mode, driven as if it
- * were blocking: every wait goes through poll() with the client's timeout, so
- * EINTR, partial writes and timeouts are handled in one place (wait_fd).
- * Requests are encoded with resp_add_command into `out`; replies are read into
- * `in` and decoded with resp_reply_parse, then either turned into a public
- * keel_reply tree (keel_command, the pipeline) or checked and converted by a
- * typed call (keel_get, keel_search, ...).
+ * A connection (kconn) is one TCP socket in non-blocking mode, driven as if
+ * it were blocking: every wait goes through poll() with the current
+ * attempt's timeout, so EINTR, partial writes and timeouts are handled in one
+ * place (wait_fd). Requests are encoded with resp_add_command into the
+ * connection's `out`; replies are read into its `in` and decoded with
+ * resp_reply_parse, then either turned into a public keel_reply tree
+ * (keel_command, the pipeline) or checked and converted by a typed call
+ * (keel_get, keel_search, ...).
+ *
+ * A client has the connection to the address given (`home`) and, in cluster
+ * mode, a pool of connections to daemons and coordinators opened when first
+ * needed. keel_client_connect learns the mode with INFO server. Then every
+ * typed call goes through call(), which picks the route by the command's
+ * kind: standalone sends everything home, once; cluster mode sends keyed
+ * data commands to the primary's daemon from the cached routing table
+ * (kroute.h), SEARCH/COUNT to any ONLINE daemon, administration to the
+ * coordinators (leader first), and retries by the rules of docs/libkeel.md.
  *
  * Invariants:
- *   1. fd >= 0 exactly while the client is usable. The first I/O or protocol
- *      failure closes fd and records why in `broken`; every later call fails
- *      with KEEL_ERR_IO naming that reason (sticky, like a failed LMDB txn),
- *      because the position in the reply stream is lost.
+ *   1. A kconn's fd >= 0 exactly while it is usable. An I/O or protocol
+ *      failure closes it (kc_fail). In standalone mode a failure of `home`
+ *      is sticky: it records why in `broken` and every later call fails with
+ *      KEEL_ERR_IO naming that reason, because the position in the reply
+ *      stream is lost. In cluster mode the next call reopens the connection.
  *   2. `pending` counts requests appended to the pipeline whose replies have
- *      not been read. One-shot calls require pending == 0, so a reply is
- *      always matched with the request that caused it.
+ *      not been read; they are all on `pipe`. One-shot calls require
+ *      pending == 0, so a reply is always matched with the request that
+ *      caused it. A failure of `pipe` sets pending to 0.
  *   3. in.data[in_pos, in.len) holds received bytes not yet parsed; bytes
  *      before in_pos belong to replies already returned.
  *   4. out.data[out_pos, out.len) holds encoded requests not yet written.
@@ -25,6 +38,15 @@
  *      public call that takes the client, so it describes the last call only.
  *   6. Results handed to the caller never point into the client: objects,
  *      replies and strings are separate allocations the caller owns.
+ *   7. Cluster mode: every attempt of one write call carries the same
+ *      (client_id, client_seq); client_seq grows by one per write call; only
+ *      one write of the client is in flight (a client serves one thread).
+ *   8. Retries are bounded: no attempt starts and no backoff wait ends after
+ *      the call's deadline (start + retry_ms), and every attempt after the
+ *      first waits at most the time left (at least MIN_ATTEMPT_MS).
+ *   9. The routing table only moves forward: a fetched table replaces the
+ *      cached one only if its version is not lower. A -MOVED patches one
+ *      partition's entry in place (the next refresh may correct it).
  */
 #include "keel.h"
 
@@ -40,11 +62,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "buf.h"
+#include "json.h"
+#include "kroute.h"
 #include "resp.h"
 
 /* ---------------------------------------------------------------------------
@@ -53,19 +78,59 @@
 
 #define READ_CHUNK 16384               /* minimum free room per recv */
 #define COMPACT_THRESHOLD (64u * 1024) /* parsed bytes kept before memmove */
+#define MIN_ATTEMPT_MS 100             /* a retry gets at least this long */
+#define DISCOVERY_MS 2000              /* bound on learning the cluster at connect */
+#define SUSPECT_MS 2000                /* a daemon that failed is avoided this long
+                                          when any ONLINE daemon will do */
+#define MAX_COORDS 32                  /* coordinator addresses kept */
+#define MAX_POOL 256                   /* connections kept open at most */
 
-struct keel_client {
-    int fd;          /* socket; -1 when not connected or broken (inv. 1) */
-    int timeout_ms;  /* 0: wait forever */
-    int peer_closed; /* recv returned 0: no more bytes will arrive */
-    char addr[300];  /* "host:port" for messages */
-    buf out;         /* encoded requests (inv. 4) */
+/* One connection. */
+typedef struct kconn {
+    int fd;            /* socket; -1 when not connected (inv. 1) */
+    int peer_closed;   /* recv returned 0: no more bytes will arrive */
+    int redirect;      /* CLIENT.REDIRECT ON was answered on this socket */
+    int64_t failed_at; /* monotonic ms of its last failure; 0 never */
+    char host[KROUTE_HOST_MAX];
+    int port;
+    char addr[300]; /* "host:port" for messages */
+    buf out;        /* encoded requests (inv. 4) */
     size_t out_pos;
     buf in; /* received bytes (inv. 3) */
     size_t in_pos;
-    size_t pending; /* pipelined requests without a reply read (inv. 2) */
-    buf err;        /* last call's error text, NUL-terminated (inv. 5) */
-    buf broken;     /* why fd was closed, NUL-terminated; empty if never */
+} kconn;
+
+typedef struct caddr {
+    char host[KROUTE_HOST_MAX];
+    int port;
+} caddr;
+
+struct keel_client {
+    kconn home;      /* the address given */
+    kconn pipec;     /* coordinator mode: the pipeline's daemon connection */
+    kconn *pipe;     /* the pipeline's connection: &home or &pipec */
+    int mode;        /* keel_mode */
+    int timeout_ms;  /* 0: wait forever */
+    int io_timeout;  /* the waits of the current attempt; 0: forever */
+    size_t pending;  /* pipelined requests without a reply read (inv. 2) */
+    buf err;         /* last call's error text, NUL-terminated (inv. 5) */
+    buf broken;      /* why home was closed (standalone), NUL-terminated */
+    kconn *last;     /* the connection of the last reply read; NULL if none */
+    char last_addr[300];
+    /* cluster mode */
+    int retry_ms;
+    uint64_t client_id;  /* inv. 7 */
+    uint64_t client_seq; /* the last one used */
+    kroute_table routes;
+    int have_routes;
+    kconn **pool; /* daemons and coordinators by host:port */
+    size_t npool;
+    caddr coords[MAX_COORDS]; /* coordinators, the leader first when known */
+    size_t ncoords;
+    size_t cidx; /* the coordinator to ask next */
+    int coords_learnt;
+    size_t rr; /* round robin over ONLINE daemons */
+    keel_client_stats stats;
 };
 
 /* An argument vector under construction for a typed call. */
@@ -75,6 +140,15 @@ typedef struct args {
     int n;
     int cap;
 } args;
+
+/* Where a typed call goes (call()). */
+enum kind {
+    K_HOME = 0, /* the address given, once (PING) */
+    K_ADMIN,    /* coordinators, leader first, retried */
+    K_READ,     /* keyed read (GET): the primary */
+    K_WRITE,    /* keyed write: the primary, wrapped in SEQ */
+    K_ANY       /* SEARCH, COUNT: any ONLINE daemon (it fans out) */
+};
 
 /* ---------------------------------------------------------------------------
  * Status names
@@ -181,31 +255,46 @@ static void err_set_server(keel_client *c, const char *msg, size_t len)
     buf_putc(&c->err, '\0');
 }
 
-/* Closes the connection after an I/O or protocol failure (invariant 1). The
- * current errmsg becomes the recorded reason. Returns status. */
-static int fail(keel_client *c, int status)
-{
-    if (c->fd >= 0) {
-        close(c->fd);
-        c->fd = -1;
-    }
-    c->pending = 0;
-    buf_reset(&c->broken);
-    buf_puts(&c->broken, c->err.len ? c->err.data : keel_strerror(status));
-    buf_putc(&c->broken, '\0');
-    return status;
-}
-
-/* ---------------------------------------------------------------------------
- * Socket I/O
- * ------------------------------------------------------------------------- */
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+static void sleep_ms(int64_t ms)
+{
+    if (ms <= 0) return;
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+/* Closes k after an I/O or protocol failure (invariant 1). The current
+ * errmsg becomes the recorded reason when the failure is sticky. Returns
+ * status. */
+static int kc_fail(keel_client *c, kconn *k, int status)
+{
+    if (k->fd >= 0) {
+        close(k->fd);
+        k->fd = -1;
+    }
+    k->failed_at = now_ms();
+    k->redirect = 0;
+    /* in and out keep their bytes (roundtrip may still report a reply the
+     * server sent before closing); kc_open empties them. */
+    if (k == c->pipe) c->pending = 0;
+    if (k == &c->home && c->mode <= KEEL_MODE_STANDALONE) {
+        buf_reset(&c->broken);
+        buf_puts(&c->broken, c->err.len > 1 ? c->err.data : keel_strerror(status));
+        buf_putc(&c->broken, '\0');
+    }
+    return status;
+}
+
+/* ---------------------------------------------------------------------------
+ * Socket I/O
+ * ------------------------------------------------------------------------- */
 
 /* strerror for a library: thread-safe (GNU strerror_r, as _GNU_SOURCE
  * selects). The text lives in tmp or in static storage. */
@@ -234,45 +323,45 @@ static int wait_fd(int fd, int timeout_ms, short events, short *revents)
     }
 }
 
-/* Reads every byte available now into c->in without blocking. Returns 0 (got
+/* Reads every byte available now into k->in without blocking. Returns 0 (got
  * bytes, or none available, or end of stream noted in peer_closed) or
- * KEEL_ERR_IO after failing the client. */
-static int read_available(keel_client *c)
+ * KEEL_ERR_IO after failing k. */
+static int read_available(keel_client *c, kconn *k)
 {
     for (;;) {
-        if (c->in_pos == c->in.len) {
-            buf_reset(&c->in);
-            c->in_pos = 0;
-        } else if (c->in_pos >= COMPACT_THRESHOLD && c->in_pos * 2 >= c->in.len) {
-            buf_consume(&c->in, c->in_pos);
-            c->in_pos = 0;
+        if (k->in_pos == k->in.len) {
+            buf_reset(&k->in);
+            k->in_pos = 0;
+        } else if (k->in_pos >= COMPACT_THRESHOLD && k->in_pos * 2 >= k->in.len) {
+            buf_consume(&k->in, k->in_pos);
+            k->in_pos = 0;
         }
-        size_t room = c->in.len < READ_CHUNK ? READ_CHUNK : c->in.len;
-        buf_reserve(&c->in, room);
-        ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+        size_t room = k->in.len < READ_CHUNK ? READ_CHUNK : k->in.len;
+        buf_reserve(&k->in, room);
+        ssize_t n = recv(k->fd, k->in.data + k->in.len, k->in.cap - k->in.len, 0);
         if (n > 0) {
-            c->in.len += (size_t)n;
+            k->in.len += (size_t)n;
             continue;
         }
         if (n == 0) {
-            c->peer_closed = 1;
+            k->peer_closed = 1;
             return 0;
         }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-        err_set(c, "receive from %s failed: %s", c->addr, ERRSTR(errno));
-        return fail(c, KEEL_ERR_IO);
+        err_set(c, "receive from %s failed: %s", k->addr, ERRSTR(errno));
+        return kc_fail(c, k, KEEL_ERR_IO);
     }
 }
 
 /* Reads whatever is still readable after a failed send, ignoring errors. */
-static void drain_quietly(keel_client *c)
+static void drain_quietly(kconn *k)
 {
     for (;;) {
-        buf_reserve(&c->in, READ_CHUNK);
-        ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+        buf_reserve(&k->in, READ_CHUNK);
+        ssize_t n = recv(k->fd, k->in.data + k->in.len, k->in.cap - k->in.len, 0);
         if (n > 0) {
-            c->in.len += (size_t)n;
+            k->in.len += (size_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
@@ -280,15 +369,15 @@ static void drain_quietly(keel_client *c)
     }
 }
 
-/* Writes all of c->out, reading replies that arrive meanwhile into c->in so a
+/* Writes all of k->out, reading replies that arrive meanwhile into k->in so a
  * server that stops reading until its replies are consumed cannot deadlock a
- * long pipeline. Returns KEEL_OK or KEEL_ERR_IO (client failed). */
-static int flush_out(keel_client *c)
+ * long pipeline. Returns KEEL_OK or KEEL_ERR_IO (k failed). */
+static int flush_out(keel_client *c, kconn *k)
 {
-    while (c->out_pos < c->out.len) {
-        ssize_t n = send(c->fd, c->out.data + c->out_pos, c->out.len - c->out_pos, MSG_NOSIGNAL);
+    while (k->out_pos < k->out.len) {
+        ssize_t n = send(k->fd, k->out.data + k->out_pos, k->out.len - k->out_pos, MSG_NOSIGNAL);
         if (n > 0) {
-            c->out_pos += (size_t)n;
+            k->out_pos += (size_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
@@ -296,71 +385,72 @@ static int flush_out(keel_client *c)
             int saved = errno;
             /* The server may have answered (say, a broken limit) and closed:
              * keep its reply so roundtrip can report it. */
-            drain_quietly(c);
-            err_set(c, "send to %s failed: %s", c->addr, ERRSTR(saved));
-            return fail(c, KEEL_ERR_IO);
+            drain_quietly(k);
+            err_set(c, "send to %s failed: %s", k->addr, ERRSTR(saved));
+            return kc_fail(c, k, KEEL_ERR_IO);
         }
         short ev = 0;
-        short want = (short)(POLLOUT | (c->peer_closed ? 0 : POLLIN));
-        int r = wait_fd(c->fd, c->timeout_ms, want, &ev);
+        short want = (short)(POLLOUT | (k->peer_closed ? 0 : POLLIN));
+        int r = wait_fd(k->fd, c->io_timeout, want, &ev);
         if (r == 0) {
-            err_set(c, "timed out after %d ms sending to %s", c->timeout_ms, c->addr);
-            return fail(c, KEEL_ERR_IO);
+            err_set(c, "timed out after %d ms sending to %s", c->io_timeout, k->addr);
+            return kc_fail(c, k, KEEL_ERR_IO);
         }
         if (r < 0) {
-            err_set(c, "poll on %s failed: %s", c->addr, ERRSTR(errno));
-            return fail(c, KEEL_ERR_IO);
+            err_set(c, "poll on %s failed: %s", k->addr, ERRSTR(errno));
+            return kc_fail(c, k, KEEL_ERR_IO);
         }
         if (ev & (POLLIN | POLLHUP | POLLERR)) {
-            int rc = read_available(c);
+            int rc = read_available(c, k);
             if (rc != KEEL_OK) return rc;
         }
     }
-    buf_reset(&c->out);
-    c->out_pos = 0;
+    buf_reset(&k->out);
+    k->out_pos = 0;
     return KEEL_OK;
 }
 
 /* Reads one complete reply. Returns KEEL_OK with *r (caller frees with
- * resp_reply_free), or KEEL_ERR_IO / KEEL_ERR_PROTOCOL after failing the
- * client. */
-static int read_reply(keel_client *c, resp_reply **r)
+ * resp_reply_free), or KEEL_ERR_IO / KEEL_ERR_PROTOCOL after failing k. */
+static int read_reply(keel_client *c, kconn *k, resp_reply **r)
 {
     for (;;) {
-        if (c->in.len > c->in_pos) {
+        if (k->in.len > k->in_pos) {
             size_t used = 0;
-            int rc = resp_reply_parse(c->in.data + c->in_pos, c->in.len - c->in_pos, &used, r);
+            int rc = resp_reply_parse(k->in.data + k->in_pos, k->in.len - k->in_pos, &used, r);
             if (rc == RESP_OK) {
-                c->in_pos += used;
+                k->in_pos += used;
+                c->last = k;
+                snprintf(c->last_addr, sizeof c->last_addr, "%s", k->addr);
                 return KEEL_OK;
             }
             if (rc == RESP_ERROR) {
-                err_set(c, "protocol error: %s sent a malformed reply", c->addr);
-                return fail(c, KEEL_ERR_PROTOCOL);
+                err_set(c, "protocol error: %s sent a malformed reply", k->addr);
+                return kc_fail(c, k, KEEL_ERR_PROTOCOL);
             }
         }
-        if (c->peer_closed) {
-            err_set(c, "connection closed by %s%s", c->addr,
-                    c->in.len > c->in_pos ? " in the middle of a reply" : "");
-            return fail(c, KEEL_ERR_IO);
+        if (k->peer_closed) {
+            err_set(c, "connection closed by %s%s", k->addr,
+                    k->in.len > k->in_pos ? " in the middle of a reply" : "");
+            return kc_fail(c, k, KEEL_ERR_IO);
         }
         short ev = 0;
-        int w = wait_fd(c->fd, c->timeout_ms, POLLIN, &ev);
+        int w = wait_fd(k->fd, c->io_timeout, POLLIN, &ev);
         if (w == 0) {
-            err_set(c, "timed out after %d ms waiting for a reply from %s", c->timeout_ms, c->addr);
-            return fail(c, KEEL_ERR_IO);
+            err_set(c, "timed out after %d ms waiting for a reply from %s", c->io_timeout, k->addr);
+            return kc_fail(c, k, KEEL_ERR_IO);
         }
         if (w < 0) {
-            err_set(c, "poll on %s failed: %s", c->addr, ERRSTR(errno));
-            return fail(c, KEEL_ERR_IO);
+            err_set(c, "poll on %s failed: %s", k->addr, ERRSTR(errno));
+            return kc_fail(c, k, KEEL_ERR_IO);
         }
-        int rc = read_available(c);
+        int rc = read_available(c, k);
         if (rc != KEEL_OK) return rc;
     }
 }
 
 /* ---------------------------------------------------------------------------
- * Connection
+ * Connections
  * ------------------------------------------------------------------------- */
 
 /* Connects one address with a timeout. Returns the fd, or -1 with errno. */
@@ -397,6 +487,458 @@ err_after_socket:;
     return -1;
 }
 
+static void kc_init(kconn *k, const char *host, int port)
+{
+    memset(k, 0, sizeof *k);
+    k->fd = -1;
+    snprintf(k->host, sizeof k->host, "%s", host);
+    k->port = port;
+    if (strchr(host, ':'))
+        snprintf(k->addr, sizeof k->addr, "[%.256s]:%d", host, port);
+    else
+        snprintf(k->addr, sizeof k->addr, "%.256s:%d", host, port);
+    buf_init(&k->out);
+    buf_init(&k->in);
+}
+
+static void kc_free(kconn *k)
+{
+    if (k->fd >= 0) close(k->fd);
+    k->fd = -1;
+    buf_free(&k->out);
+    buf_free(&k->in);
+}
+
+/* Opens k (closed) with the current attempt's timeout. KEEL_OK, or
+ * KEEL_ERR_CONNECT with errmsg set. */
+static int kc_open(keel_client *c, kconn *k)
+{
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%d", k->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(k->host, portstr, &hints, &res);
+    if (gai != 0) {
+        err_set(c, "cannot connect to %s: %s", k->addr,
+                gai == EAI_SYSTEM ? ERRSTR(errno) : gai_strerror(gai));
+        k->failed_at = now_ms();
+        return KEEL_ERR_CONNECT;
+    }
+    int last_errno = ECONNREFUSED;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = connect_one(ai, c->io_timeout);
+        if (fd >= 0) {
+            k->fd = fd;
+            break;
+        }
+        last_errno = errno;
+    }
+    freeaddrinfo(res);
+    if (k->fd < 0) {
+        if (last_errno == ETIMEDOUT)
+            err_set(c, "cannot connect to %s: timed out after %d ms", k->addr, c->io_timeout);
+        else
+            err_set(c, "cannot connect to %s: %s", k->addr, ERRSTR(last_errno));
+        k->failed_at = now_ms();
+        return KEEL_ERR_CONNECT;
+    }
+    k->peer_closed = 0;
+    k->redirect = 0;
+    buf_reset(&k->out);
+    k->out_pos = 0;
+    buf_reset(&k->in);
+    k->in_pos = 0;
+    c->stats.connects++;
+    return KEEL_OK;
+}
+
+/* Appends one command to k->out. */
+static int encode(kconn *k, int argc, const char *const *argv, const size_t *argvlen)
+{
+    if (argvlen) {
+        resp_add_command(&k->out, argc, argv, argvlen);
+        return KEEL_OK;
+    }
+    size_t *lens = malloc((size_t)argc * sizeof *lens);
+    if (!lens) return KEEL_ERR_NOMEM;
+    for (int i = 0; i < argc; i++)
+        lens[i] = argv[i] ? strlen(argv[i]) : 0;
+    resp_add_command(&k->out, argc, argv, lens);
+    free(lens);
+    return KEEL_OK;
+}
+
+/* Sends one command on k (open) and reads its reply, whatever it is. */
+static int roundtrip(keel_client *c, kconn *k, int argc, const char *const *argv,
+                     const size_t *argvlen, resp_reply **r)
+{
+    int rc = encode(k, argc, argv, argvlen);
+    if (rc != KEEL_OK) return rc;
+    rc = flush_out(c, k);
+    if (rc == KEEL_ERR_IO && k->in.len > k->in_pos) {
+        /* The send failed but the server had answered first (an error before
+         * closing, as for a request over its limits): that reply is the
+         * better report. The connection stays failed. */
+        size_t used = 0;
+        if (resp_reply_parse(k->in.data + k->in_pos, k->in.len - k->in_pos, &used, r) ==
+            RESP_OK) {
+            k->in_pos += used;
+            c->last = NULL;
+            snprintf(c->last_addr, sizeof c->last_addr, "%s", k->addr);
+            return KEEL_OK;
+        }
+    }
+    if (rc != KEEL_OK) return rc;
+    return read_reply(c, k, r);
+}
+
+/* The pooled connection to host:port (created closed if new), or NULL when
+ * the pool is full. */
+static kconn *pool_get(keel_client *c, const char *host, int port)
+{
+    for (size_t i = 0; i < c->npool; i++) {
+        if (c->pool[i]->port == port && strcmp(c->pool[i]->host, host) == 0) return c->pool[i];
+    }
+    if (c->npool == MAX_POOL) {
+        /* Drop a closed connection to make room; else refuse. */
+        for (size_t i = 0; i < c->npool; i++) {
+            if (c->pool[i]->fd < 0) {
+                kc_free(c->pool[i]);
+                kc_init(c->pool[i], host, port);
+                return c->pool[i];
+            }
+        }
+        return NULL;
+    }
+    kconn **np = realloc(c->pool, (c->npool + 1) * sizeof *np);
+    if (!np) return NULL;
+    c->pool = np;
+    kconn *k = malloc(sizeof *k);
+    if (!k) return NULL;
+    kc_init(k, host, port);
+    c->pool[c->npool++] = k;
+    return k;
+}
+
+/* Opens k if it is closed and, with redirect, asks CLIENT.REDIRECT ON on it
+ * once per socket. KEEL_OK or a failure (errmsg set; k closed). */
+static int kc_ready(keel_client *c, kconn *k, int redirect)
+{
+    if (k->fd < 0) {
+        int rc = kc_open(c, k);
+        if (rc != KEEL_OK) return rc;
+    }
+    if (!redirect || k->redirect) return KEEL_OK;
+    static const char *const av[] = {"CLIENT.REDIRECT", "ON"};
+    resp_reply *r = NULL;
+    int rc = roundtrip(c, k, 2, av, NULL, &r);
+    if (rc != KEEL_OK) return rc;
+    /* A daemon that does not know CLIENT.REDIRECT forwards instead: fine. */
+    k->redirect = 1;
+    resp_reply_free(r);
+    return KEEL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * Cluster state: coordinators and the routing table
+ * ------------------------------------------------------------------------- */
+
+/* The timeout of an attempt that must end by deadline. */
+static int attempt_timeout(const keel_client *c, int64_t deadline)
+{
+    int64_t left = deadline - now_ms();
+    if (left < MIN_ATTEMPT_MS) left = MIN_ATTEMPT_MS;
+    if (c->timeout_ms > 0 && left > c->timeout_ms) left = c->timeout_ms;
+    return left > INT_MAX ? INT_MAX : (int)left;
+}
+
+/* Index of coordinator host:port, adding it if new; -1 when the list is full. */
+static int coord_index(keel_client *c, const char *host, int port)
+{
+    for (size_t i = 0; i < c->ncoords; i++) {
+        if (c->coords[i].port == port && strcmp(c->coords[i].host, host) == 0) return (int)i;
+    }
+    if (c->ncoords == MAX_COORDS) return -1;
+    snprintf(c->coords[c->ncoords].host, sizeof c->coords[0].host, "%s", host);
+    c->coords[c->ncoords].port = port;
+    return (int)c->ncoords++;
+}
+
+/* One request to host:port, with the attempt's timeout bounded by deadline.
+ * A reply (error replies included) is KEEL_OK with *r. */
+static int ask(keel_client *c, const char *host, int port, int redirect, int64_t deadline,
+               int argc, const char *const *argv, resp_reply **r)
+{
+    kconn *k = pool_get(c, host, port);
+    if (!k) {
+        err_set(c, "too many connections");
+        return KEEL_ERR_NOMEM;
+    }
+    c->io_timeout = attempt_timeout(c, deadline);
+    int rc = kc_ready(c, k, redirect);
+    if (rc == KEEL_OK) rc = roundtrip(c, k, argc, argv, NULL, r);
+    c->io_timeout = c->timeout_ms;
+    return rc;
+}
+
+/* Reads the coordinators out of a CLUSTER.STATUS document, leader first. */
+static int coords_from_status(keel_client *c, const char *text, size_t len)
+{
+    json_doc *doc = NULL;
+    if (json_parse(text, len, NULL, &doc, NULL) != JSON_OK) return -1;
+    const json_value *list = json_get(json_root(doc), "coordinators");
+    caddr found[MAX_COORDS];
+    size_t n = 0;
+    int leader = -1;
+    for (const json_value *e = list && list->type == JSON_ARRAY ? list->child : NULL;
+         e && n < MAX_COORDS; e = e->next) {
+        const json_value *a = json_get(e, "address"), *role = json_get(e, "role");
+        if (!a || a->type != JSON_STRING) continue;
+        if (kroute_parse_addr(a->str, a->len, found[n].host, sizeof found[n].host,
+                              &found[n].port) != 0)
+            continue;
+        if (role && role->type == JSON_STRING && strcmp(role->str, "leader") == 0 && leader < 0)
+            leader = (int)n;
+        n++;
+    }
+    json_free(doc);
+    if (!n) return -1;
+    if (leader > 0) {
+        caddr t = found[0];
+        found[0] = found[leader];
+        found[leader] = t;
+    }
+    memcpy(c->coords, found, n * sizeof found[0]);
+    c->ncoords = n;
+    c->cidx = 0;
+    return 0;
+}
+
+/* Reads the coordinators out of a daemon's INFO lease text. */
+static int coords_from_lease(keel_client *c, const char *text, size_t len)
+{
+    char one[300], list[4096];
+    caddr found[MAX_COORDS];
+    size_t n = 0;
+    if (kroute_info_field(text, len, "coordinator", one, sizeof one) == 0 &&
+        kroute_parse_addr(one, strlen(one), found[0].host, sizeof found[0].host,
+                          &found[0].port) == 0)
+        n = 1;
+    if (kroute_info_field(text, len, "coordinators", list, sizeof list) == 0) {
+        char *save = NULL;
+        for (char *tok = strtok_r(list, ",", &save); tok && n < MAX_COORDS;
+             tok = strtok_r(NULL, ",", &save)) {
+            caddr a;
+            if (kroute_parse_addr(tok, strlen(tok), a.host, sizeof a.host, &a.port) != 0) continue;
+            int dup = 0;
+            for (size_t i = 0; i < n; i++)
+                dup |= found[i].port == a.port && strcmp(found[i].host, a.host) == 0;
+            if (!dup) found[n++] = a;
+        }
+    }
+    if (!n) return -1;
+    memcpy(c->coords, found, n * sizeof found[0]);
+    c->ncoords = n;
+    c->cidx = 0;
+    return 0;
+}
+
+/* Learns the coordinators' client addresses: from CLUSTER.STATUS STALE of a
+ * known coordinator, else from INFO lease of a daemon (the address given
+ * first). Best effort: keeps what it had on failure. 0 when learnt. */
+static int learn_coords(keel_client *c, int64_t deadline)
+{
+    static const char *const st[] = {"CLUSTER.STATUS", "STALE"};
+    static const char *const lease[] = {"INFO", "lease"};
+    for (size_t i = 0; i < c->ncoords && now_ms() < deadline; i++) {
+        resp_reply *r = NULL;
+        caddr a = c->coords[(c->cidx + i) % c->ncoords];
+        if (ask(c, a.host, a.port, 0, deadline, 2, st, &r) != KEEL_OK) continue;
+        int ok = r->type == RESP_R_BULK && coords_from_status(c, r->str, r->len) == 0;
+        resp_reply_free(r);
+        if (ok) return c->coords_learnt = 1, 0;
+    }
+    /* Daemons: the address given (daemon mode), then those in the table. */
+    size_t nd = c->have_routes ? c->routes.ndaemons : 0;
+    for (size_t i = 0; i <= nd && now_ms() < deadline; i++) {
+        const char *host;
+        int port;
+        if (i == 0) {
+            if (c->mode != KEEL_MODE_DAEMON) continue;
+            host = c->home.host;
+            port = c->home.port;
+        } else {
+            const kroute_daemon *d = &c->routes.daemons[i - 1];
+            if (d->state != KROUTE_ONLINE) continue;
+            host = d->host;
+            port = d->port;
+        }
+        resp_reply *r = NULL;
+        if (ask(c, host, port, 0, deadline, 2, lease, &r) != KEEL_OK) continue;
+        int ok = r->type == RESP_R_BULK && coords_from_lease(c, r->str, r->len) == 0;
+        resp_reply_free(r);
+        if (ok) return c->coords_learnt = 1, 0;
+    }
+    return -1;
+}
+
+/* Takes a CLUSTER.ROUTES reply. 0 if it decoded (and replaced the table
+ * unless older than it, inv. 9), -1 if not. */
+static int accept_routes(keel_client *c, const resp_reply *r)
+{
+    kroute_table t;
+    if (kroute_parse(r, &t) != 0) return -1;
+    c->stats.route_refreshes++;
+    if (c->have_routes && t.version < c->routes.version) {
+        kroute_free(&t);
+        return 0;
+    }
+    kroute_free(&c->routes);
+    c->routes = t;
+    c->have_routes = 1;
+    c->stats.map_version = t.version;
+    return 0;
+}
+
+/* Fetches the routing table: from the coordinators (CLUSTER.ROUTES, the
+ * leader first, each asked at most once, a "leader is" hint followed), then,
+ * unless coord_only, from the daemons (their own maps). KEEL_OK once a table
+ * was taken; otherwise the last failure, errmsg set. Leaves errmsg as it
+ * found it on success. */
+static int refresh_routes(keel_client *c, int64_t deadline, int coord_only)
+{
+    static const char *const rt[] = {"CLUSTER.ROUTES"};
+    buf saved;
+    buf_init(&saved);
+    buf_append(&saved, c->err.data, c->err.len);
+    int rc = KEEL_ERR_CONNECT;
+    int done = 0;
+    if (!c->ncoords || !c->coords_learnt) learn_coords(c, deadline);
+    unsigned char tried[MAX_COORDS] = {0};
+    size_t idx = c->cidx;
+    for (size_t n = 0; n < c->ncoords + 2 && !done && c->ncoords && now_ms() < deadline; n++) {
+        idx %= c->ncoords;
+        if (tried[idx]) {
+            size_t j = 0;
+            while (j < c->ncoords && tried[(idx + j) % c->ncoords])
+                j++;
+            if (j == c->ncoords) break;
+            idx = (idx + j) % c->ncoords;
+        }
+        tried[idx] = 1;
+        resp_reply *r = NULL;
+        rc = ask(c, c->coords[idx].host, c->coords[idx].port, 0, deadline, 1, rt, &r);
+        if (rc != KEEL_OK) {
+            idx++;
+            continue;
+        }
+        if (r->type == RESP_R_ERROR) {
+            char host[KROUTE_HOST_MAX];
+            int port, li;
+            err_set_server(c, r->str, r->len);
+            rc = status_of_error(r->str, r->len);
+            if (kroute_leader_hint(r->str, r->len, host, sizeof host, &port) == 0 &&
+                (li = coord_index(c, host, port)) >= 0 && !tried[li])
+                idx = (size_t)li;
+            else
+                idx++;
+        } else if (accept_routes(c, r) == 0) {
+            c->cidx = idx;
+            done = 1;
+        } else {
+            err_set(c, "protocol error: unexpected CLUSTER.ROUTES reply from %s:%d",
+                    c->coords[idx].host, c->coords[idx].port);
+            rc = KEEL_ERR_PROTOCOL;
+            idx++;
+        }
+        resp_reply_free(r);
+    }
+    if (!done && !coord_only) {
+        /* The daemons' own maps: the address given first in daemon mode. */
+        caddr list[64];
+        size_t n = 0;
+        if (c->mode == KEEL_MODE_DAEMON) {
+            snprintf(list[n].host, sizeof list[n].host, "%s", c->home.host);
+            list[n++].port = c->home.port;
+        }
+        for (size_t i = 0; c->have_routes && i < c->routes.ndaemons && n < 64; i++) {
+            const kroute_daemon *d = &c->routes.daemons[i];
+            if (d->state != KROUTE_ONLINE) continue;
+            if (c->mode == KEEL_MODE_DAEMON && d->port == c->home.port &&
+                strcmp(d->host, c->home.host) == 0)
+                continue;
+            snprintf(list[n].host, sizeof list[n].host, "%s", d->host);
+            list[n++].port = d->port;
+        }
+        for (size_t i = 0; i < n && !done && now_ms() < deadline; i++) {
+            resp_reply *r = NULL;
+            rc = ask(c, list[i].host, list[i].port, 1, deadline, 1, rt, &r);
+            if (rc != KEEL_OK) continue;
+            if (r->type == RESP_R_ERROR) {
+                err_set_server(c, r->str, r->len);
+                rc = status_of_error(r->str, r->len);
+            } else if (accept_routes(c, r) == 0) {
+                done = 1;
+            }
+            resp_reply_free(r);
+        }
+    }
+    if (done) {
+        buf_reset(&c->err);
+        buf_append(&c->err, saved.data, saved.len);
+        rc = KEEL_OK;
+    } else if (rc == KEEL_OK) {
+        rc = KEEL_ERR_CONNECT;
+    }
+    buf_free(&saved);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * Connecting
+ * ------------------------------------------------------------------------- */
+
+static uint64_t random_client_id(void)
+{
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+        id = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() << 32;
+    id &= (uint64_t)INT64_MAX;
+    return id ? id : 1;
+}
+
+/* Asks home INFO server and sets the mode. KEEL_OK, or the connection's
+ * failure (home failed). */
+static int discover(keel_client *c)
+{
+    static const char *const av[] = {"INFO", "server"};
+    resp_reply *r = NULL;
+    int rc = roundtrip(c, &c->home, 2, av, NULL, &r);
+    if (rc != KEEL_OK) return rc;
+    char mode[32];
+    c->mode = KEEL_MODE_STANDALONE;
+    if (r->type == RESP_R_BULK && kroute_info_field(r->str, r->len, "mode", mode, sizeof mode) == 0) {
+        if (strcmp(mode, "coordinator") == 0) c->mode = KEEL_MODE_COORDINATOR;
+        if (strcmp(mode, "daemon") == 0) c->mode = KEEL_MODE_DAEMON;
+    }
+    resp_reply_free(r);
+    if (c->mode == KEEL_MODE_STANDALONE) return KEEL_OK;
+    c->client_id = random_client_id();
+    if (c->mode == KEEL_MODE_COORDINATOR) {
+        coord_index(c, c->home.host, c->home.port);
+        c->pipe = &c->pipec; /* data commands need a daemon */
+    }
+    /* Learn the rest now, so the address given may fail later (best effort,
+     * bounded: calls retry on their own). */
+    int64_t deadline = now_ms() + (c->timeout_ms > 0 && c->timeout_ms < DISCOVERY_MS
+                                       ? c->timeout_ms
+                                       : DISCOVERY_MS);
+    learn_coords(c, deadline);
+    refresh_routes(c, deadline, 0);
+    err_clear(c);
+    return KEEL_OK;
+}
+
 KEEL_API int keel_client_connect(const char *host, int port, int timeout_ms, keel_client **out)
 {
     if (out) *out = NULL;
@@ -404,45 +946,32 @@ KEEL_API int keel_client_connect(const char *host, int port, int timeout_ms, kee
 
     keel_client *c = calloc(1, sizeof *c);
     if (!c) return KEEL_ERR_NOMEM;
-    c->fd = -1;
     c->timeout_ms = timeout_ms;
-    buf_init(&c->out);
-    buf_init(&c->in);
+    c->io_timeout = timeout_ms;
+    c->retry_ms = KEEL_DEFAULT_RETRY_TIMEOUT_MS;
+    c->mode = KEEL_MODE_NONE;
+    kc_init(&c->home, host, port);
+    kc_init(&c->pipec, host, port);
+    c->pipe = &c->home;
     buf_init(&c->err);
     buf_init(&c->broken);
     err_clear(c);
-    if (strchr(host, ':'))
-        snprintf(c->addr, sizeof c->addr, "[%.256s]:%d", host, port);
-    else
-        snprintf(c->addr, sizeof c->addr, "%.256s:%d", host, port);
     *out = c;
 
-    char portstr[8];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int gai = getaddrinfo(host, portstr, &hints, &res);
-    if (gai != 0) {
-        err_set(c, "cannot connect to %s: %s", c->addr,
-                gai == EAI_SYSTEM ? ERRSTR(errno) : gai_strerror(gai));
-        return fail(c, KEEL_ERR_CONNECT);
-    }
-    int last_errno = ECONNREFUSED;
-    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        int fd = connect_one(ai, timeout_ms);
-        if (fd >= 0) {
-            c->fd = fd;
-            break;
+    int rc = kc_open(c, &c->home);
+    if (rc == KEEL_OK) {
+        rc = discover(c);
+        if (rc != KEEL_OK) {
+            char why[400];
+            snprintf(why, sizeof why, "%s", c->err.len > 1 ? c->err.data : keel_strerror(rc));
+            err_set(c, "cannot connect to %s: no answer to INFO server (%s)", c->home.addr, why);
+            rc = KEEL_ERR_CONNECT;
         }
-        last_errno = errno;
     }
-    freeaddrinfo(res);
-    if (c->fd < 0) {
-        if (last_errno == ETIMEDOUT)
-            err_set(c, "cannot connect to %s: timed out after %d ms", c->addr, timeout_ms);
-        else
-            err_set(c, "cannot connect to %s: %s", c->addr, ERRSTR(last_errno));
-        return fail(c, KEEL_ERR_CONNECT);
+    if (rc != KEEL_OK) {
+        c->mode = KEEL_MODE_NONE;
+        kc_fail(c, &c->home, KEEL_ERR_CONNECT);
+        return KEEL_ERR_CONNECT;
     }
     return KEEL_OK;
 }
@@ -450,9 +979,14 @@ KEEL_API int keel_client_connect(const char *host, int port, int timeout_ms, kee
 KEEL_API void keel_client_close(keel_client *c)
 {
     if (!c) return;
-    if (c->fd >= 0) close(c->fd);
-    buf_free(&c->out);
-    buf_free(&c->in);
+    kc_free(&c->home);
+    kc_free(&c->pipec);
+    for (size_t i = 0; i < c->npool; i++) {
+        kc_free(c->pool[i]);
+        free(c->pool[i]);
+    }
+    free(c->pool);
+    kroute_free(&c->routes);
     buf_free(&c->err);
     buf_free(&c->broken);
     free(c);
@@ -464,14 +998,49 @@ KEEL_API const char *keel_client_errmsg(const keel_client *c)
     return c->err.data;
 }
 
+KEEL_API keel_mode keel_client_mode(const keel_client *c)
+{
+    return c ? (keel_mode)c->mode : KEEL_MODE_NONE;
+}
+
+KEEL_API int keel_client_set_retry_timeout(keel_client *c, int ms)
+{
+    if (!c || ms < 0) return KEEL_ERR_INVALID;
+    c->retry_ms = ms;
+    return KEEL_OK;
+}
+
+KEEL_API uint64_t keel_client_id(const keel_client *c)
+{
+    return c ? c->client_id : 0;
+}
+
+KEEL_API void keel_client_get_stats(const keel_client *c, keel_client_stats *out)
+{
+    if (!c || !out) return;
+    *out = c->stats;
+}
+
+KEEL_API const char *keel_client_last_addr(const keel_client *c)
+{
+    return c ? c->last_addr : "";
+}
+
+static int is_cluster(const keel_client *c)
+{
+    return c->mode == KEEL_MODE_COORDINATOR || c->mode == KEEL_MODE_DAEMON;
+}
+
 /* Common entry check of every call that talks to the server: clears errmsg,
- * refuses a broken client (invariant 1) and, for one-shot calls, a pipeline
- * with unread replies (invariant 2). */
+ * refuses a broken standalone client (invariant 1) and, for one-shot calls, a
+ * pipeline with unread replies (invariant 2). */
 static int enter(keel_client *c, int one_shot)
 {
     err_clear(c);
-    if (c->fd < 0) {
-        err_set(c, "not connected: %s", c->broken.len ? c->broken.data : "no connection");
+    c->last_addr[0] = '\0';
+    c->last = NULL;
+    if (!is_cluster(c) && c->home.fd < 0) {
+        err_set(c, "not connected: %s", c->broken.len > 1 ? c->broken.data : "no connection");
         return KEEL_ERR_IO;
     }
     if (one_shot && c->pending) {
@@ -480,6 +1049,13 @@ static int enter(keel_client *c, int one_shot)
         return KEEL_ERR_INVALID;
     }
     return KEEL_OK;
+}
+
+/* Cluster mode: opens home again if a failure closed it (inv. 1). */
+static int home_ready(keel_client *c)
+{
+    if (c->home.fd >= 0) return KEEL_OK;
+    return kc_open(c, &c->home);
 }
 
 /* ---------------------------------------------------------------------------
@@ -532,70 +1108,300 @@ static int check_argv(keel_client *c, int argc, const char *const *argv, const s
     return KEEL_OK;
 }
 
-/* Appends one command to c->out. */
-static int encode(keel_client *c, int argc, const char *const *argv, const size_t *argvlen)
+/* Retryable outcomes of one attempt (docs/libkeel.md, "Retries"). */
+static int retryable(int rc)
 {
-    if (argvlen) {
-        resp_add_command(&c->out, argc, argv, argvlen);
-        return KEEL_OK;
-    }
-    size_t *lens = malloc((size_t)argc * sizeof *lens);
-    if (!lens) return KEEL_ERR_NOMEM;
-    for (int i = 0; i < argc; i++)
-        lens[i] = argv[i] ? strlen(argv[i]) : 0;
-    resp_add_command(&c->out, argc, argv, lens);
-    free(lens);
-    return KEEL_OK;
+    return rc == KEEL_ERR_IO || rc == KEEL_ERR_CONNECT || rc == KEEL_ERR_PROTOCOL ||
+           rc == KEEL_ERR_TRYAGAIN || rc == KEEL_ERR_NOQUORUM;
 }
 
-/* Sends one command and reads its reply, whatever it is. The caller has
- * passed enter(c, 1). */
-static int roundtrip(keel_client *c, int argc, const char *const *argv, const size_t *argvlen,
-                     resp_reply **r)
+/* An ONLINE daemon for a command any daemon serves, round robin, avoiding
+ * one that failed in the last SUSPECT_MS when another will do. NULL if none
+ * is known. */
+static const kroute_daemon *any_daemon(keel_client *c)
 {
-    int rc = encode(c, argc, argv, argvlen);
-    if (rc != KEEL_OK) return rc;
-    rc = flush_out(c);
-    if (rc == KEEL_ERR_IO && c->in.len > c->in_pos) {
-        /* The send failed but the server had answered first (an error before
-         * closing, as for a request over its limits): that reply is the
-         * better report. The client stays failed. */
-        size_t used = 0;
-        if (resp_reply_parse(c->in.data + c->in_pos, c->in.len - c->in_pos, &used, r) == RESP_OK) {
-            c->in_pos += used;
+    if (!c->have_routes) return NULL;
+    const kroute_daemon *fallback = NULL;
+    size_t n = c->routes.ndaemons;
+    for (size_t i = 0; i < n; i++) {
+        const kroute_daemon *d = &c->routes.daemons[(c->rr + i) % n];
+        if (d->state != KROUTE_ONLINE) continue;
+        kconn *k = pool_get(c, d->host, d->port);
+        if (k && k->failed_at && now_ms() - k->failed_at < SUSPECT_MS) {
+            if (!fallback) fallback = d;
+            continue;
+        }
+        c->rr = (c->rr + i) % n;
+        return d;
+    }
+    return fallback;
+}
+
+/* Sleeps before another attempt (never past deadline). Returns the next
+ * delay. */
+static int backoff(int delay, int64_t deadline)
+{
+    int64_t left = deadline - now_ms();
+    sleep_ms(delay < left ? delay : left);
+    return kroute_backoff_next(delay);
+}
+
+/* Administration in cluster mode: to the coordinators, leader first, retried
+ * on connection errors, TRYAGAIN (to the leader it names, else the next
+ * coordinator) and NOQUORUM within the budget. */
+static int admin_call(keel_client *c, const args *a, resp_reply **r)
+{
+    int64_t deadline = now_ms() + c->retry_ms;
+    if (!c->ncoords || !c->coords_learnt) learn_coords(c, deadline);
+    if (!c->ncoords) {
+        if (!c->err.len || c->err.data[0] == '\0')
+            err_set(c, "no coordinator is known (the daemons' INFO lease named none)");
+        return KEEL_ERR_CONNECT;
+    }
+    unsigned char tried[MAX_COORDS] = {0};
+    int delay = KROUTE_BACKOFF_FIRST_MS;
+    for (int first = 1;; first = 0) {
+        size_t idx = c->cidx % c->ncoords;
+        kconn *k = pool_get(c, c->coords[idx].host, c->coords[idx].port);
+        if (!k) {
+            err_set(c, "too many connections");
+            return KEEL_ERR_NOMEM;
+        }
+        c->io_timeout = first ? c->timeout_ms : attempt_timeout(c, deadline);
+        c->stats.attempts++;
+        if (!first) c->stats.retries++;
+        tried[idx] = 1;
+        resp_reply *rep = NULL;
+        int rc = kc_ready(c, k, 0);
+        if (rc == KEEL_OK) rc = roundtrip(c, k, a->n, a->v, a->l, &rep);
+        c->io_timeout = c->timeout_ms;
+        if (rc == KEEL_OK && rep->type != RESP_R_ERROR) {
+            *r = rep;
             return KEEL_OK;
         }
+        int moved_to_leader = 0;
+        if (rc == KEEL_OK) {
+            err_set_server(c, rep->str, rep->len);
+            rc = status_of_error(rep->str, rep->len);
+            char host[KROUTE_HOST_MAX];
+            int port, li;
+            if (rc == KEEL_ERR_TRYAGAIN &&
+                kroute_leader_hint(rep->str, rep->len, host, sizeof host, &port) == 0 &&
+                (li = coord_index(c, host, port)) >= 0 && (size_t)li != idx) {
+                kconn *lk = pool_get(c, host, port);
+                int suspect = lk && lk->failed_at && now_ms() - lk->failed_at < SUSPECT_MS;
+                if (!suspect) {
+                    c->cidx = (size_t)li;
+                    moved_to_leader = 1;
+                }
+            }
+            resp_reply_free(rep);
+        }
+        if (!retryable(rc) || c->retry_ms == 0 || now_ms() >= deadline) return rc;
+        if (!moved_to_leader) c->cidx = (idx + 1) % c->ncoords;
+        if (tried[c->cidx % c->ncoords]) delay = backoff(delay, deadline);
+        if (now_ms() >= deadline) return rc;
     }
-    if (rc != KEEL_OK) return rc;
-    return read_reply(c, r);
 }
 
-/* A typed call: sends a.v and reads the reply. An error reply becomes its
- * status with errmsg set (and is freed); any other reply is returned in *r. */
-static int call(keel_client *c, const args *a, resp_reply **r)
+/* Builds SEQ client_id client_seq <a> into s (which borrows a's strings). */
+static int seq_wrap(const keel_client *c, const args *a, args *s, char *idbuf, char *seqbuf)
+{
+    snprintf(idbuf, 24, "%" PRIu64, c->client_id);
+    snprintf(seqbuf, 24, "%" PRIu64, c->client_seq);
+    int rc = args_push_str(s, "SEQ");
+    if (rc == KEEL_OK) rc = args_push_str(s, idbuf);
+    if (rc == KEEL_OK) rc = args_push_str(s, seqbuf);
+    for (int i = 0; i < a->n && rc == KEEL_OK; i++)
+        rc = args_push(s, a->v[i], a->l[i]);
+    return rc;
+}
+
+/* True if space is in the routing table after asking a coordinator (so a
+ * NOSPACE came from a daemon whose map is behind). */
+static int space_known(keel_client *c, const char *space, int64_t deadline)
+{
+    if (refresh_routes(c, deadline, 1) != KEEL_OK) return 0;
+    return kroute_space_find(&c->routes, space) != NULL;
+}
+
+/* A data command in cluster mode (docs/libkeel.md): keyed ones to the
+ * partition's primary, SEARCH/COUNT to any ONLINE daemon; writes wrapped in
+ * SEQ with one (client_id, client_seq) for every attempt (inv. 7); retried
+ * within the budget (inv. 8). a->v[1] is the space, a->v[2] the key. */
+static int data_call(keel_client *c, enum kind kind, const args *a, resp_reply **r)
+{
+    int64_t deadline = now_ms() + c->retry_ms;
+    args s = {0};
+    char idbuf[24], seqbuf[24];
+    const args *send = a;
+    if (kind == K_WRITE) {
+        c->client_seq++;
+        int brc = seq_wrap(c, a, &s, idbuf, seqbuf);
+        if (brc != KEEL_OK) {
+            args_free(&s);
+            err_set(c, "out of memory building the request");
+            return KEEL_ERR_NOMEM;
+        }
+        send = &s;
+    }
+    /* The space name as a C string, for the table (names have no NUL). */
+    char space[256];
+    snprintf(space, sizeof space, "%.*s", (int)(a->l[1] < 255 ? a->l[1] : 255), a->v[1]);
+    int keyed = kind == K_READ || kind == K_WRITE;
+    int need_refresh = !c->have_routes;
+    int space_checked = 0, space_confirmed = 0, moved_free = 1;
+    char to_host[KROUTE_HOST_MAX] = "";
+    int to_port = 0;
+    char tried[8][300];
+    size_t ntried = 0;
+    int delay = KROUTE_BACKOFF_FIRST_MS;
+    int rc;
+    for (int first = 1;; first = 0) {
+        if (need_refresh) {
+            refresh_routes(c, deadline, 0);
+            need_refresh = 0;
+        }
+        /* Where to: a MOVED's address, the primary, else any daemon. */
+        const char *host = NULL;
+        int port = 0, redirect = 1, lagging = 0;
+        uint32_t part = 0;
+        if (to_port) {
+            host = to_host;
+            port = to_port;
+        } else {
+            const kroute_daemon *d = NULL;
+            int lk = KROUTE_NO_SPACE;
+            if (keyed && c->have_routes)
+                lk = kroute_lookup(&c->routes, space, a->v[2], a->l[2], &part, &d);
+            if (keyed && lk == KROUTE_NO_SPACE && c->have_routes && !space_checked) {
+                /* A space added a moment ago: ask the coordinators once. */
+                space_checked = 1;
+                space_confirmed = space_known(c, space, deadline);
+                if (space_confirmed)
+                    lk = kroute_lookup(&c->routes, space, a->v[2], a->l[2], &part, &d);
+            }
+            if (lk != KROUTE_FOUND) d = any_daemon(c);
+            if (d) {
+                host = d->host;
+                port = d->port;
+            } else if (c->mode == KEEL_MODE_DAEMON) {
+                host = c->home.host; /* no table: the daemon given forwards */
+                port = c->home.port;
+                redirect = 0;
+            }
+        }
+        if (!host) {
+            err_set(c, "no ONLINE daemon is known (no routing table from the coordinators or "
+                       "daemons yet)");
+            rc = KEEL_ERR_CONNECT;
+            need_refresh = 1;
+        } else {
+            kconn *k = pool_get(c, host, port);
+            if (!k) {
+                args_free(&s);
+                err_set(c, "too many connections");
+                return KEEL_ERR_NOMEM;
+            }
+            c->io_timeout = first ? c->timeout_ms : attempt_timeout(c, deadline);
+            c->stats.attempts++;
+            if (!first) c->stats.retries++;
+            if (ntried < 8) snprintf(tried[ntried++], sizeof tried[0], "%s", k->addr);
+            resp_reply *rep = NULL;
+            rc = kc_ready(c, k, redirect);
+            if (rc == KEEL_OK) rc = roundtrip(c, k, send->n, send->v, send->l, &rep);
+            c->io_timeout = c->timeout_ms;
+            if (rc == KEEL_OK && rep->type != RESP_R_ERROR) {
+                args_free(&s);
+                *r = rep;
+                return KEEL_OK;
+            }
+            to_port = 0;
+            if (rc == KEEL_OK) {
+                err_set_server(c, rep->str, rep->len);
+                rc = status_of_error(rep->str, rep->len);
+                kroute_moved m;
+                if (rc == KEEL_ERR_MOVED &&
+                    kroute_parse_moved(rep->str, rep->len, &m) == 0) {
+                    c->stats.moved++;
+                    snprintf(to_host, sizeof to_host, "%s", m.host);
+                    to_port = m.port;
+                    if (!c->have_routes || m.version > c->routes.version) need_refresh = 1;
+                    if (c->have_routes) kroute_patch(&c->routes, space, m.partition, m.host, m.port);
+                } else if (rc == KEEL_ERR_NOSPACE) {
+                    /* A daemon whose map is behind (a space added a moment
+                     * ago): retried once the coordinators confirm the space;
+                     * nothing was applied. */
+                    if (!space_confirmed && !space_checked) {
+                        space_checked = 1;
+                        space_confirmed = space_known(c, space, deadline);
+                        err_set_server(c, rep->str, rep->len);
+                    }
+                    lagging = space_confirmed;
+                }
+                resp_reply_free(rep);
+            }
+            if (rc != KEEL_OK && rc != KEEL_ERR_MOVED && retryable(rc)) need_refresh = 1;
+        }
+        int follow = rc == KEEL_ERR_MOVED && to_port;
+        if (!(retryable(rc) || follow || lagging)) break;
+        if (c->retry_ms == 0 && !(follow && moved_free)) break;
+        if (now_ms() >= deadline && !(follow && moved_free && c->retry_ms == 0)) break;
+        if (follow) moved_free = 0;
+        /* Straight on to an address not tried in this call; else wait. */
+        int fresh = 0;
+        if (follow) {
+            char addr[300];
+            if (strchr(to_host, ':'))
+                snprintf(addr, sizeof addr, "[%s]:%d", to_host, to_port);
+            else
+                snprintf(addr, sizeof addr, "%s:%d", to_host, to_port);
+            fresh = 1;
+            for (size_t i = 0; i < ntried; i++)
+                fresh &= strcmp(tried[i], addr) != 0;
+        }
+        if (!fresh) delay = backoff(delay, deadline);
+        if (now_ms() >= deadline && c->retry_ms) break;
+    }
+    args_free(&s);
+    return rc;
+}
+
+/* A typed call: sends a.v where its kind says and reads the reply. An error
+ * reply becomes its status with errmsg set (and is freed); any other reply
+ * is returned in *r. */
+static int call(keel_client *c, enum kind kind, const args *a, resp_reply **r)
 {
     resp_reply *rep = NULL;
-    int rc = roundtrip(c, a->n, a->v, a->l, &rep);
-    if (rc != KEEL_OK) return rc;
-    if (rep->type == RESP_R_ERROR) {
-        err_set_server(c, rep->str, rep->len);
-        rc = status_of_error(rep->str, rep->len);
-        resp_reply_free(rep);
-        return rc;
+    int rc;
+    if (!is_cluster(c) || kind == K_HOME) {
+        if (is_cluster(c) && (rc = home_ready(c)) != KEEL_OK) return rc;
+        c->stats.attempts++;
+        rc = roundtrip(c, &c->home, a->n, a->v, a->l, &rep);
+        if (rc != KEEL_OK) return rc;
+        if (rep->type == RESP_R_ERROR) {
+            err_set_server(c, rep->str, rep->len);
+            rc = status_of_error(rep->str, rep->len);
+            resp_reply_free(rep);
+            return rc;
+        }
+        *r = rep;
+        return KEEL_OK;
     }
-    *r = rep;
-    return KEEL_OK;
+    if (kind == K_ADMIN) return admin_call(c, a, r);
+    return data_call(c, kind, a, r);
 }
 
 /* The server answered something this command never returns: replies may be
- * out of step, so the client is failed. Frees r. */
+ * out of step, so the connection is failed. Frees r. */
 static int bad_shape(keel_client *c, resp_reply *r, const char *cmd)
 {
     static const char *const names[] = {"?", "status", "error", "integer", "bulk", "nil", "array"};
     int t = r->type >= RESP_R_STATUS && r->type <= RESP_R_ARRAY ? r->type : 0;
-    err_set(c, "protocol error: unexpected %s reply to %s from %s", names[t], cmd, c->addr);
+    kconn *k = c->last ? c->last : &c->home;
+    err_set(c, "protocol error: unexpected %s reply to %s from %s", names[t], cmd, k->addr);
     resp_reply_free(r);
-    return fail(c, KEEL_ERR_PROTOCOL);
+    return kc_fail(c, k, KEEL_ERR_PROTOCOL);
 }
 
 static int check_key(keel_client *c, const char *space, const char *key, size_t keylen)
@@ -787,7 +1593,7 @@ KEEL_API int keel_put(keel_client *c, const char *space, const char *key, size_t
         return build_failed(c, rc);
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_WRITE, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_STATUS) return bad_shape(c, r, "PUT");
@@ -813,7 +1619,7 @@ KEEL_API int keel_get(keel_client *c, const char *space, const char *key, size_t
         return build_failed(c, rc);
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_READ, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type == RESP_R_NIL) {
@@ -846,7 +1652,7 @@ KEEL_API int keel_del(keel_client *c, const char *space, const char *key, size_t
         return build_failed(c, rc);
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_WRITE, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_INT || (r->integer != 0 && r->integer != 1))
@@ -876,7 +1682,7 @@ KEEL_API int keel_cput(keel_client *c, const char *space, const char *key, size_
         return build_failed(c, rc);
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_WRITE, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_STATUS) return bad_shape(c, r, "CPUT");
@@ -906,7 +1712,7 @@ KEEL_API int keel_add(keel_client *c, const char *space, const char *key, size_t
         return build_failed(c, rc);
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_WRITE, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_INT) return bad_shape(c, r, "ADD");
@@ -990,7 +1796,7 @@ KEEL_API int keel_search(keel_client *c, const char *space, const keel_pred *pre
         return rc;
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_ANY, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_ARRAY) return bad_shape(c, r, "SEARCH");
@@ -1041,7 +1847,7 @@ KEEL_API int keel_count(keel_client *c, const char *space, const keel_pred *pred
         return rc;
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_ANY, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_INT || r->integer < 0) return bad_shape(c, r, "COUNT");
@@ -1055,7 +1861,8 @@ KEEL_API int keel_count(keel_client *c, const char *space, const keel_pred *pred
  * ------------------------------------------------------------------------- */
 
 /* Sends CMD arg (arg may be NULL: CMD alone) and expects a status reply. */
-static int simple_status(keel_client *c, const char *cmd, const char *arg, const char *what)
+static int simple_status(keel_client *c, enum kind kind, const char *cmd, const char *arg,
+                         const char *what)
 {
     int rc = enter(c, 1);
     if (rc != KEEL_OK) return rc;
@@ -1071,7 +1878,7 @@ static int simple_status(keel_client *c, const char *cmd, const char *arg, const
         return build_failed(c, rc);
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, kind, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_STATUS) return bad_shape(c, r, cmd);
@@ -1082,19 +1889,19 @@ static int simple_status(keel_client *c, const char *cmd, const char *arg, const
 KEEL_API int keel_space_add(keel_client *c, const char *description)
 {
     if (!c) return KEEL_ERR_INVALID;
-    return simple_status(c, "SPACE.ADD", description, "description");
+    return simple_status(c, K_ADMIN, "SPACE.ADD", description, "description");
 }
 
 KEEL_API int keel_space_drop(keel_client *c, const char *name)
 {
     if (!c) return KEEL_ERR_INVALID;
-    return simple_status(c, "SPACE.DROP", name, "space name");
+    return simple_status(c, K_ADMIN, "SPACE.DROP", name, "space name");
 }
 
 KEEL_API int keel_ping(keel_client *c)
 {
     if (!c) return KEEL_ERR_INVALID;
-    return simple_status(c, "PING", NULL, NULL);
+    return simple_status(c, K_HOME, "PING", NULL, NULL);
 }
 
 static char *dup_bytes(const char *p, size_t n)
@@ -1135,7 +1942,7 @@ KEEL_API int keel_space_list(keel_client *c, char ***names, size_t *n)
         return build_failed(c, rc);
     }
     resp_reply *r = NULL;
-    rc = call(c, &a, &r);
+    rc = call(c, K_ADMIN, &a, &r);
     args_free(&a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_ARRAY) return bad_shape(c, r, "SPACE.LIST");
@@ -1171,7 +1978,7 @@ err_nomem:
 static int call_text(keel_client *c, args *a, const char *cmd, const char *what, char **text)
 {
     resp_reply *r = NULL;
-    int rc = call(c, a, &r);
+    int rc = call(c, K_ADMIN, a, &r);
     args_free(a);
     if (rc != KEEL_OK) return rc;
     if (r->type != RESP_R_BULK) return bad_shape(c, r, cmd);
@@ -1232,7 +2039,7 @@ KEEL_API int keel_coordinator_remove(keel_client *c, uint64_t id)
     if (!c) return KEEL_ERR_INVALID;
     char num[24];
     snprintf(num, sizeof num, "%" PRIu64, id);
-    return simple_status(c, "COORD.REMOVE", num, "id");
+    return simple_status(c, K_ADMIN, "COORD.REMOVE", num, "id");
 }
 
 /* ---------------------------------------------------------------------------
@@ -1331,8 +2138,9 @@ KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv, con
         rc = KEEL_ERR_INVALID;
     }
     if (rc != KEEL_OK) return rc;
+    if (is_cluster(c) && (rc = home_ready(c)) != KEEL_OK) return rc;
     resp_reply *r = NULL;
-    rc = roundtrip(c, argc, argv, argvlen, &r);
+    rc = roundtrip(c, &c->home, argc, argv, argvlen, &r);
     if (rc != KEEL_OK) return rc;
     return deliver(c, r, out);
 }
@@ -1341,13 +2149,33 @@ KEEL_API int keel_command(keel_client *c, int argc, const char *const *argv, con
  * Pipeline
  * ------------------------------------------------------------------------- */
 
+/* Cluster mode: opens the pipeline's connection if it is closed: the address
+ * given (daemon mode) or an ONLINE daemon (coordinator mode). */
+static int pipe_ready(keel_client *c)
+{
+    if (!is_cluster(c) || c->pipe->fd >= 0) return KEEL_OK;
+    if (c->pipe == &c->home) return kc_open(c, &c->home);
+    int64_t deadline = now_ms() + DISCOVERY_MS;
+    if (!c->have_routes) refresh_routes(c, deadline, 0);
+    const kroute_daemon *d = any_daemon(c);
+    if (!d) {
+        err_set(c, "no ONLINE daemon is known to run the pipeline on");
+        return KEEL_ERR_CONNECT;
+    }
+    kc_free(&c->pipec);
+    kc_init(&c->pipec, d->host, d->port);
+    c->rr++;
+    return kc_open(c, &c->pipec);
+}
+
 KEEL_API int keel_pipeline_append(keel_client *c, int argc, const char *const *argv,
                                   const size_t *argvlen)
 {
     if (!c) return KEEL_ERR_INVALID;
     int rc = enter(c, 0);
     if (rc == KEEL_OK) rc = check_argv(c, argc, argv, argvlen);
-    if (rc == KEEL_OK) rc = encode(c, argc, argv, argvlen);
+    if (rc == KEEL_OK && !c->pending) rc = pipe_ready(c);
+    if (rc == KEEL_OK) rc = encode(c->pipe, argc, argv, argvlen);
     if (rc == KEEL_ERR_NOMEM) err_set(c, "out of memory encoding the request");
     if (rc != KEEL_OK) return rc;
     c->pending++;
@@ -1359,7 +2187,8 @@ KEEL_API int keel_pipeline_flush(keel_client *c)
     if (!c) return KEEL_ERR_INVALID;
     int rc = enter(c, 0);
     if (rc != KEEL_OK) return rc;
-    return flush_out(c);
+    if (c->pipe->fd < 0) return KEEL_OK; /* cluster mode, nothing queued */
+    return flush_out(c, c->pipe);
 }
 
 KEEL_API int keel_pipeline_read(keel_client *c, keel_reply **out)
@@ -1375,10 +2204,10 @@ KEEL_API int keel_pipeline_read(keel_client *c, keel_reply **out)
         err_set(c, "no pipelined request is waiting for its reply");
         return KEEL_ERR_INVALID;
     }
-    rc = flush_out(c);
+    rc = flush_out(c, c->pipe);
     if (rc != KEEL_OK) return rc;
     resp_reply *r = NULL;
-    rc = read_reply(c, &r);
+    rc = read_reply(c, c->pipe, &r);
     if (rc != KEEL_OK) return rc;
     c->pending--;
     return deliver(c, r, out);

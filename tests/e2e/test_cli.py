@@ -494,7 +494,11 @@ class _FakeHandler(socketserver.StreamRequestHandler):
             if argv is None:
                 return
             with fake.lock:
-                fake.requests.append(argv)
+                # libkeel asks every server it connects to `INFO server`
+                # (standalone, coordinator or daemon?); the scripts are about
+                # what the CLI sends, so that probe is answered but not recorded
+                if not (argv[0].upper() == "INFO" and "INFO" not in fake.script):
+                    fake.requests.append(argv)
                 replies = fake.script.get(argv[0].upper(), [b"-ERR unknown command\r\n"])
                 reply = replies.pop(0) if len(replies) > 1 else replies[0]
             self.wfile.write(reply)
@@ -504,7 +508,8 @@ class _FakeHandler(socketserver.StreamRequestHandler):
 class FakeCoordinator:
     """A RESP server on a free port answering from a script: for each
     command name, a list of replies (bytes) given in order, the last one
-    repeated. Records every request (lists of str) in `requests`."""
+    repeated. Records every request (lists of str) in `requests`, except an
+    unscripted INFO (libkeel's connect-time probe, answered with an error)."""
 
     def __init__(self, script):
         self.script = {k: list(v) for k, v in script.items()}

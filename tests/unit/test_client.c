@@ -92,6 +92,8 @@ static int next_request(int fd, resp_parser *p, buf *in, resp_request *req)
     }
 }
 
+#define INFO_STANDALONE "$49\r\n# Server\r\nkeel_version:0.1.0\r\nmode:standalone\r\n\r\n\r\n"
+
 static void *fake_run(void *arg)
 {
     fake *f = arg;
@@ -105,6 +107,19 @@ static void *fake_run(void *arg)
     buf_init(&out);
     size_t total = f->echo ? f->echo : f->nsteps;
     int closed = 0;
+    /* keel_client_connect asks INFO server first: answer as keel standalone
+     * does (the mode line is what matters), unlogged, outside the script. */
+    {
+        resp_request req;
+        if (!next_request(fd, &p, &in, &req) || req.argc != 2 ||
+            strncmp(req.argv[0], "INFO", 4) != 0)
+            closed = 1;
+        else
+            write_all(fd, INFO_STANDALONE, strlen(INFO_STANDALONE));
+        size_t used = resp_parser_consumed(&p);
+        buf_consume(&in, used);
+        resp_parser_shift(&p, used);
+    }
     for (size_t i = 0; i < total && !closed; i++) {
         if (!f->echo && f->steps[i].early) {
             char tmp[1024];
@@ -192,6 +207,7 @@ static keel_client *connect_to(const fake *f, int timeout_ms)
 {
     keel_client *c = NULL;
     int rc = keel_client_connect("127.0.0.1", f->port, timeout_ms, &c);
+    if (rc != KEEL_OK) print_message("connect: %s\n", keel_client_errmsg(c));
     assert_int_equal(rc, KEEL_OK);
     assert_non_null(c);
     assert_string_equal(keel_client_errmsg(c), "");

@@ -41,15 +41,49 @@ themselves. The first call asks that address INFO server what it is:
   standalone   every command goes to it, as above.
   coordinator  administration (SPACE.*, CLUSTER.*, and SPACE.DESCRIBE for the
                schema cache) goes to the coordinators, learnt from
-               CLUSTER.STATUS, the leader first; data commands (PUT GET DEL
-               CPUT ADD SEARCH COUNT) go to a daemon listed ONLINE there (each
-               client starts at a random one). Any daemon forwards a request to
-               its partition's primary.
-  daemon       data commands go to that daemon while it works; the
-               coordinators are learnt from its INFO (# Lease section), and the
-               other daemons from CLUSTER.STATUS when it fails.
+               CLUSTER.STATUS, the leader first; single-key data commands go
+               to their partition's primary (below); SEARCH and COUNT, and
+               single-key commands the routing table cannot place, go to a
+               daemon listed ONLINE there (each client starts at a random
+               one), which forwards a request to its partition's primary (or
+               fans a SEARCH out).
+  daemon       the same, except that the daemon list starts with that daemon
+               (used while it works); the coordinators are learnt from its
+               INFO (# Lease section), and the other daemons from
+               CLUSTER.STATUS when it fails.
 
 PING, ECHO, INFO and QUIT always go to the address given.
+
+Direct routing (clusters). The single-key data commands (PUT GET DEL CPUT
+ADD, and SEQ-wrapped writes) go straight to the daemon that leads the key's
+partition, by a routing table: CLUSTER.ROUTES, asked of the coordinators
+(linearizable, the leader first) before the first such command (bounded like
+discovery, DISCOVERY_SECONDS) and again when the table looks stale. A key's
+partition is XXH64(key bytes, seed 0) % partitions (partition_of; the xxhash
+module when installed, else keel._xxh64). Those requests go on a second
+connection to each daemon, on which CLIENT.REDIRECT ON is sent first (in the
+same write), so that a daemon that does not lead the partition by its own
+map answers -MOVED partition host:port map_version instead of forwarding;
+nothing was applied then, and the call is retried (within its retry budget,
+below) after a new table is fetched: from that daemon when the MOVED's
+map_version is newer than the table's, else from the coordinators; the next
+attempt goes to the primary of the new table, or to the daemon the MOVED
+named when the table still names the one that answered. After MOVED_LIMIT
+(2) MOVED replies a call stops redirecting: its later attempts go to the
+daemon list (which forwards), so that daemons whose maps disagree cannot
+bounce it. A key whose partition the table cannot place (a space it does not
+know, a partition with no live replica, a primary not ONLINE in the table or
+whose connection failed within SUSPECT_SECONDS) goes to the daemon list as
+well, after the table is fetched again if the one held is older than
+ROUTES_STALE_SECONDS (0.5 s) and still cannot place it. Before every retry of a
+single-key command after another error the table is fetched again from the
+coordinators (a primary may have failed over). A fetch that fails keeps the
+table held and is not tried again for ROUTES_RETRY_SECONDS (1 s), or
+ROUTES_UNSUPPORTED_SECONDS (60 s) after an error reply (a server without
+CLUSTER.ROUTES: the daemons then forward every request, as before). A table
+never replaces one with a newer map version. Client.stats counts direct
+sends, forwarded ones, MOVED replies, tables fetched and fallbacks;
+Client.routes is the table held.
 
 Exactly-once writes (clusters). Every write (put, delete, cond_put,
 atomic_add, and PUT DEL CPUT ADD given to execute) is sent to the daemons as
@@ -75,8 +109,9 @@ is a new write (a new client_seq) and may apply it a second time.
 On a cluster a failed call is retried, for at most retry_timeout seconds
 (default 15) from its start: a server not yet tried in the call is tried at
 once, one already tried after a wait of 50 ms doubling up to 500 ms, and the
-daemon list is refreshed from a coordinator before every retry. Which errors
-are retried depends on the command:
+daemon list is refreshed from a coordinator before every retry (after a
+MOVED, the routing table instead). Which errors are retried depends on the
+command:
 
   administration     connection errors, TRYAGAIN (to the coordinator named in
                      "leader is host:port", else the next) and NOQUORUM.
@@ -84,11 +119,14 @@ are retried depends on the command:
                      was applied but its answer lost, the retry answers ERR
                      (the space exists) or NOSPACE.
   data commands      connection errors (before or after the request was
-                     sent, timeouts included), TRYAGAIN and NOQUORUM, on the
-                     next ONLINE daemon. Reads are side-effect free and
-                     writes are exactly-once (above), so a retried write is
-                     answered as its first attempt was (a delete that was
-                     applied answers True, an atomic_add the one sum). ERR
+                     sent, timeouts included), TRYAGAIN and NOQUORUM: to the
+                     key's primary by the table (fetched again first) unless
+                     it failed, else on the next ONLINE daemon; and MOVED
+                     (nothing applied; see Direct routing). Reads are
+                     side-effect free and writes are exactly-once (above),
+                     so a retried write is answered as its first attempt
+                     was (a delete that was applied answers True, an
+                     atomic_add the one sum). ERR
                      stale request (a later write of this client id was
                      already accepted on the partition) is raised.
   any data command   NOSPACE from a daemon while the coordinators know the
@@ -98,8 +136,8 @@ are retried depends on the command:
 UNAVAILABLE (a partition with no live replica) and every other error are
 raised at once; when retries run out the last error is raised. A retry gets
 at most the time left (at least 0.1 s) as its timeout; retry_timeout=0
-disables retries. Direct routing to primaries (CLUSTER.MAP) is not done: the
-daemons forward.
+disables retries, and with them direct routing (a MOVED could not be
+retried): every data command then goes to the daemon list, which forwards.
 
 A Client or Admin may be shared between threads (each connection serves one
 call at a time, and on a cluster one write call at a time is in flight, see
@@ -112,7 +150,14 @@ Invariants:
      above; nothing else is sent except SPACE.DESCRIBE (schema cache;
      whether a NOSPACE comes from a stale daemon), one INFO server on first
      use, and on a cluster INFO lease to daemons and CLUSTER.STATUS to
-     coordinators (to learn addresses).
+     coordinators (to learn addresses), CLUSTER.ROUTES to coordinators (and
+     to a daemon that answered MOVED with a newer map) for the routing
+     table, and CLIENT.REDIRECT ON first on every new connection that
+     carries requests sent straight to primaries (never on any other).
+  5. A request answered MOVED was not applied; a call is redirected at most
+     MOVED_LIMIT times, and a single-key request goes straight to a daemon
+     only when the routing table held names it as the partition's ONLINE
+     primary (or a MOVED of this call named it).
   2. A method either returns a value built from well-formed replies or raises
      KeelError; it never returns partial results silently.
   3. On a cluster, all attempts of one write call carry the same
@@ -131,7 +176,22 @@ import time
 
 from ._resp import Connection, KeelError, Status, to_bytes
 
-__all__ = ["Client", "Admin", "KeelError", "OPS", "RETRY_TIMEOUT", "parse_description"]
+try:  # the C implementation (Debian: python3-xxhash) when it is installed
+    import xxhash as _xxhash
+    if hasattr(_xxhash, "xxh64_intdigest"):
+        def _hash64(data):
+            return _xxhash.xxh64_intdigest(data, seed=0)
+    else:  # xxhash < 2.0
+        def _hash64(data):
+            return _xxhash.xxh64(data, seed=0).intdigest()
+except ImportError:
+    from ._xxh64 import xxh64 as _xxh64_pure
+
+    def _hash64(data):
+        return _xxh64_pure(data, 0)
+
+__all__ = ["Client", "Admin", "KeelError", "OPS", "RETRY_TIMEOUT", "parse_description",
+           "partition_of", "Routes"]
 
 OPS = ("=", "<", "<=", ">", ">=")
 
@@ -141,6 +201,10 @@ BACKOFF_MAX = 0.5            # the wait doubles up to this
 MIN_ATTEMPT_TIMEOUT = 0.1    # a retry gets at least this long to answer
 SUSPECT_SECONDS = 2.0        # an address that failed is avoided this long
 DISCOVERY_SECONDS = 2.0      # bound on learning the cluster on first use
+MOVED_LIMIT = 2              # MOVED replies in one call before it stops redirecting
+ROUTES_RETRY_SECONDS = 1.0   # after a routes fetch failed (connection, TRYAGAIN...)
+ROUTES_UNSUPPORTED_SECONDS = 60.0  # after one answered an error (no CLUSTER.ROUTES)
+ROUTES_STALE_SECONDS = 0.5   # a key the table cannot place refetches it at most this often
 
 # Data commands (see the module documentation): reads, writes (sent as SEQ
 # on a cluster), and SEQ itself (a write the caller already numbered).
@@ -148,6 +212,8 @@ _DATA_KINDS = {"GET": "read", "SEARCH": "read", "COUNT": "read",
                "PUT": "write", "DEL": "write", "ADD": "write", "CPUT": "write",
                "SEQ": "seq"}
 MAX_CLIENT_ID = (1 << 63) - 1
+# Single-key data commands: sent straight to the key's primary on a cluster.
+_KEYED = ("GET", "PUT", "DEL", "CPUT", "ADD")
 # Commands always answered by the address given.
 _LOCAL = ("PING", "ECHO", "INFO", "QUIT")
 
@@ -222,6 +288,103 @@ def parse_description(text):
     return key_name, attrs
 
 
+def partition_of(key, partitions):
+    """The partition of key (str as UTF-8, or bytes) in a space of
+    `partitions` partitions: XXH64(key, seed 0) % partitions, as the
+    servers place it."""
+    return _hash64(to_bytes(key)) % partitions
+
+
+def _parse_moved(message):
+    """'partition host:port map_version' (the text of a MOVED error) ->
+    (partition, (host, port), map_version), or None."""
+    words = message.split()
+    if len(words) != 3 or not words[0].isdigit() or not words[2].isdigit():
+        return None
+    addr = _parse_addr(words[1])
+    if addr is None:
+        return None
+    return int(words[0]), addr, int(words[2])
+
+
+class _Direct(tuple):
+    """A daemon address (equal to, and hashing like, the plain (host, port))
+    marking an attempt sent straight to a partition's primary: it goes on the
+    connection with CLIENT.REDIRECT ON."""
+    __slots__ = ()
+
+
+class Routes:
+    """A routing table: a CLUSTER.ROUTES reply, parsed (read-only).
+
+    .version    the map version it was made from
+    .daemons    {daemon_id: ((host, port), state)}
+    .spaces     {space name (bytes): [primary daemon id per partition, 0 when
+                the partition has no live replica]}
+    """
+
+    __slots__ = ("version", "daemons", "spaces")
+
+    def __init__(self, version, daemons, spaces):
+        self.version = version
+        self.daemons = daemons
+        self.spaces = spaces
+
+    @classmethod
+    def parse(cls, reply):
+        """The table from a CLUSTER.ROUTES reply; raises ValueError when the
+        reply does not have its documented shape."""
+        def need(cond):
+            if not cond:
+                raise ValueError("CLUSTER.ROUTES answered %s" % repr(reply)[:200])
+
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        need(isinstance(reply, list) and len(reply) == 3)
+        version, dlist, slist = reply
+        need(is_int(version) and version >= 0)
+        need(isinstance(dlist, list) and isinstance(slist, list))
+        daemons = {}
+        for d in dlist:
+            need(isinstance(d, list) and len(d) == 4)
+            did, host, port, state = d
+            need(is_int(did) and did > 0 and isinstance(host, bytes) and host
+                 and is_int(port) and 0 < port < 65536 and isinstance(state, bytes))
+            daemons[did] = ((_text(host), port), _text(state))
+        spaces = {}
+        for sp in slist:
+            need(isinstance(sp, list) and len(sp) == 3)
+            name, n, prim = sp
+            need(isinstance(name, bytes) and is_int(n) and n > 0
+                 and isinstance(prim, list) and len(prim) == n
+                 and all(is_int(x) and x >= 0 for x in prim))
+            spaces[bytes(name)] = list(prim)
+        return cls(version, daemons, spaces)
+
+    def lookup(self, space, key):
+        """(partition, primary daemon id, (host, port) or None, state or
+        None) for key (str or bytes) in space, or None when the table does
+        not know the space. The id is 0 when the partition has no live
+        replica."""
+        prim = self.spaces.get(to_bytes(space))
+        if prim is None:
+            return None
+        part = partition_of(key, len(prim))
+        did = prim[part]
+        addr, state = self.daemons.get(did, (None, None))
+        return part, did, addr, state
+
+    def primary(self, space, key):
+        """The (host, port) to send key's requests to: its partition's
+        primary when the table lists it ONLINE, else None (unknown space, no
+        live replica, or a primary not ONLINE)."""
+        hit = self.lookup(space, key)
+        if hit is None or hit[2] is None or hit[3] != "ONLINE":
+            return None
+        return hit[2]
+
+
 class _Schema:
     def __init__(self, key_name, attrs):
         self.key_name = key_name
@@ -251,11 +414,20 @@ class _Base:
         self._write_lock = threading.Lock()
         self._client_id = random.SystemRandom().randint(1, MAX_CLIENT_ID)
         self._client_seq = 0             # the last client_seq used
+        # Direct routing (clusters): the routing table, connections with
+        # CLIENT.REDIRECT ON (address -> Connection), and when a table may
+        # be asked for again after a failed fetch.
+        self._routes = None              # a Routes, or None
+        self._routes_at = None           # monotonic time of the last table received
+        self._routes_next = 0.0          # no fetch before this (after a failure)
+        self._rconns = {}
+        self._stats = {"direct": 0, "forwarded": 0, "moved": 0, "route_fetches": 0,
+                       "route_fetch_failures": 0, "fallbacks": 0}
 
     def close(self):
         """Closes every connection (a later call opens new ones)."""
         with self._lock:
-            conns = list(self._conns.values())
+            conns = list(self._conns.values()) + list(self._rconns.values())
         self._conn.close()
         for c in conns:
             c.close()
@@ -271,6 +443,27 @@ class _Base:
     def client_id(self):
         """The random id this object's writes carry on a cluster (SEQ)."""
         return self._client_id
+
+    @property
+    def stats(self):
+        """Counters of direct routing on a cluster (a copy; see the module
+        documentation): direct (attempts sent straight to a key's primary),
+        forwarded (attempts of single-key commands sent to a daemon that
+        forwards them), moved (MOVED replies), route_fetches (routing tables
+        received), route_fetch_failures, fallbacks (calls that stopped
+        redirecting after MOVED_LIMIT MOVED replies), and routes_version
+        (the map version of the table held, 0 for none)."""
+        with self._lock:
+            out = dict(self._stats)
+            out["routes_version"] = self._routes.version if self._routes else 0
+        return out
+
+    @property
+    def routes(self):
+        """The routing table held (a Routes), or None (not fetched yet, or
+        not a cluster)."""
+        with self._lock:
+            return self._routes
 
     @property
     def mode(self):
@@ -347,12 +540,18 @@ class _Base:
         return mode
 
     def _conn_for(self, addr):
+        """The pooled connection to addr: with CLIENT.REDIRECT ON for a
+        _Direct address, without for a plain one."""
+        direct = isinstance(addr, _Direct)
+        key = tuple(addr)
         with self._lock:
-            c = self._conns.get(addr)
+            pool = self._rconns if direct else self._conns
+            c = pool.get(key)
             if c is None:
-                c = Connection(addr[0], addr[1], self.timeout)
+                c = Connection(key[0], key[1], self.timeout,
+                               prelude=(("CLIENT.REDIRECT", "ON"),) if direct else ())
                 c.check_before_send = True
-                self._conns[addr] = c
+                pool[key] = c
             return c
 
     def _attempt(self, addr, args, deadline, first):
@@ -537,31 +736,138 @@ class _Base:
             self._daemons_known = True
         return None
 
+    # -- direct routing ------------------------------------------------------
+
+    @staticmethod
+    def _route_key(body):
+        """(space, key) as bytes for a single-key data command (routed to its
+        partition's primary), else None."""
+        if len(body) < 3 or _text(to_bytes(body[0])).upper() not in _KEYED:
+            return None
+        return to_bytes(body[1]), to_bytes(body[2])
+
+    def _bump(self, name, n=1):
+        with self._lock:
+            self._stats[name] += n
+
+    def _fetch_routes(self, deadline, source=None):
+        """Asks for a routing table: CLUSTER.ROUTES to the daemon source
+        (whose map is newer than the table held), else (or when that fails)
+        to the coordinators (linearizable, the leader first). Keeps the
+        newer of the table held and the one received. True when a table was
+        received; after a failure no fetch is made for ROUTES_RETRY_SECONDS
+        (ROUTES_UNSUPPORTED_SECONDS after an error reply such as an unknown
+        command)."""
+        r = None
+        if source is not None:
+            r = self._attempt(tuple(source), ("CLUSTER.ROUTES",), deadline, False)
+        if r is None or isinstance(r, KeelError):
+            r = self._coord_call(("CLUSTER.ROUTES",), deadline, one_pass=True)
+        now = time.monotonic()
+        if not isinstance(r, KeelError):
+            try:
+                table = Routes.parse(r)
+            except ValueError as e:
+                r = KeelError("CONNECTION", "unexpected reply: %s" % e)
+        if isinstance(r, KeelError):
+            with self._lock:
+                self._stats["route_fetch_failures"] += 1
+                if r.code in ("CONNECTION", "TRYAGAIN", "NOQUORUM"):
+                    self._routes_next = now + ROUTES_RETRY_SECONDS
+                else:
+                    self._routes_next = now + ROUTES_UNSUPPORTED_SECONDS
+            return False
+        with self._lock:
+            self._stats["route_fetches"] += 1
+            if self._routes is None or table.version >= self._routes.version:
+                self._routes = table
+            self._routes_at = now
+            self._routes_next = 0.0
+        return True
+
+    def _routes_due(self):
+        """Whether a table may be fetched now for a key the table held
+        cannot place: not within ROUTES_STALE_SECONDS of the last one
+        received, nor while fetches are held off after a failure."""
+        now = time.monotonic()
+        with self._lock:
+            at, nxt = self._routes_at, self._routes_next
+        return now >= nxt and (at is None or now - at >= ROUTES_STALE_SECONDS)
+
+    def _target(self, route, moved, avoid=None, hint=None):
+        """Where the next attempt goes: a _Direct address (the key's primary
+        by the routing table, or hint when the table still names avoid, the
+        daemon that just answered MOVED) unless the call is not routed, has
+        had MOVED_LIMIT MOVED replies, the table has no ONLINE primary for
+        the key, or the primary failed within SUSPECT_SECONDS; else the
+        current daemon of the list (which forwards), or None."""
+        if route is not None and moved < MOVED_LIMIT:
+            with self._lock:
+                table = self._routes
+            addr = table.primary(*route) if table is not None else None
+            if addr is not None and addr == avoid and hint is not None:
+                addr = hint
+            if addr is not None and not self._is_suspect(addr):
+                return _Direct(addr)
+        return self._current("daemon")
+
+    # -- data commands ------------------------------------------------------
+
     def _data_call(self, args, body):
         """A data command to the daemons, retried by the rules in the module
         documentation. args is what is sent; body is the command itself
-        (args without a SEQ prefix)."""
+        (args without a SEQ prefix). A single-key command goes straight to
+        its partition's primary while the routing table names one."""
         deadline = time.monotonic() + self.retry_timeout
         why = None  # why the daemon list could not be refreshed
         if self._mode == "coordinator" and not self._daemons_known:
             why = self._refresh(deadline)
+        route = self._route_key(body) if self.retry_timeout > 0 else None
+        if route is not None and self._routes is None and \
+                time.monotonic() >= self._routes_next:
+            # The first table: bounded like discovery.
+            self._fetch_routes(time.monotonic() + DISCOVERY_SECONDS)
         tried = set()
         delay = BACKOFF_FIRST
         first = True
         space_known = False
+        moved = 0                # MOVED replies in this call
+        avoid = hint = None      # after a MOVED: who answered it, whom it named
         while True:
-            addr = self._current("daemon")
+            addr = self._target(route, moved, avoid, hint)
+            if (route is not None and moved < MOVED_LIMIT and not isinstance(addr, _Direct)
+                    and self._routes_due()):
+                # The table cannot place the key (a space it does not know,
+                # no ONLINE primary, a primary that just failed): it may be
+                # stale, e.g. after a failover.
+                self._fetch_routes(deadline)
+                addr = self._target(route, moved, avoid, hint)
             if addr is None:
                 r = KeelError("CONNECTION", "no ONLINE daemon is known" +
                               (" (the coordinators answered: %s)" % why if why else ""),
                               unsent=True)
             else:
+                if isinstance(addr, _Direct):
+                    self._bump("direct")
+                elif route is not None:
+                    self._bump("forwarded")
                 r = self._attempt(addr, args, deadline, first)
                 first = False
                 tried.add(addr)
                 if not isinstance(r, KeelError):
                     return r
-            if r.code in ("CONNECTION", "TRYAGAIN", "NOQUORUM"):
+            avoid = hint = None
+            mv = None
+            if r.code == "MOVED":
+                # Sent with CLIENT.REDIRECT ON to a daemon that does not lead
+                # the partition (by its map): nothing was applied.
+                moved += 1
+                self._bump("moved")
+                if moved == MOVED_LIMIT:
+                    self._bump("fallbacks")
+                mv = _parse_moved(r.message)
+                retry = True
+            elif r.code in ("CONNECTION", "TRYAGAIN", "NOQUORUM"):
                 # Reads have no effect; writes carry SEQ (exactly once).
                 retry = True
             elif r.code == "NOSPACE" and len(body) > 1:
@@ -573,10 +879,24 @@ class _Base:
                 retry = False
             if not retry or time.monotonic() >= deadline:
                 return r
-            if addr is not None:
-                self._advance("daemon", addr)
-            why = self._refresh(deadline)
-            delay = self._backoff(self._current("daemon"), tried, delay, deadline)
+            if r.code == "MOVED":
+                # The table held is stale, or the daemon's map is. A daemon
+                # with a newer map gives its table; otherwise the
+                # coordinators decide (linearizable).
+                with self._lock:
+                    held = self._routes.version if self._routes is not None else 0
+                newer = mv is not None and mv[2] > held
+                self._fetch_routes(deadline, tuple(addr) if newer else None)
+                avoid, hint = tuple(addr), (mv[1] if mv is not None else None)
+            else:
+                if addr is not None:
+                    self._advance("daemon", addr)
+                why = self._refresh(deadline)
+                if route is not None and time.monotonic() >= self._routes_next:
+                    # A primary may have failed over: learn the new one.
+                    self._fetch_routes(deadline)
+            delay = self._backoff(self._target(route, moved, avoid, hint), tried, delay,
+                                  deadline)
             if delay is None:
                 return r
 

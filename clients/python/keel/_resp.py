@@ -26,6 +26,11 @@ Invariants:
   3. Nothing is trusted from the server: lengths are checked against
      MAX_REPLY_BULK and nesting against MAX_REPLY_DEPTH before anything is
      buffered or recursed into.
+  4. A Connection with a prelude (e.g. CLIENT.REDIRECT ON) sends it on every
+     new socket, in the same write as and ahead of the first request, before
+     anything else on that socket; so every request on the socket is
+     answered under the prelude's settings (or the server refused the
+     prelude: its replies are kept in .prelude_replies).
 """
 
 import select
@@ -107,13 +112,19 @@ class Connection:
     With check_before_send set, a pooled socket is first checked (without
     blocking) for an end of stream or stray bytes from the server; such a
     socket is replaced by a new connection before the request is written, so
-    a server that went away since the last call gives an .unsent error."""
+    a server that went away since the last call gives an .unsent error.
 
-    def __init__(self, host, port, timeout=10.0):
+    prelude (a tuple of commands) is sent first on every new socket, in the
+    same write as the request; its replies (errors included, as values) are
+    kept in .prelude_replies and never returned by call."""
+
+    def __init__(self, host, port, timeout=10.0, prelude=()):
         self.host = host
         self.port = port
         self.timeout = timeout
         self.check_before_send = False
+        self.prelude = tuple(tuple(c) for c in prelude)
+        self.prelude_replies = []
         self._sock = None
         self._buf = bytearray()
         self._pos = 0
@@ -179,14 +190,20 @@ class Connection:
         with self._lock:
             if self._sock is not None and self.check_before_send and self._stale():
                 self._drop()
+            pre = ()
             if self._sock is None:
                 self._connect(t)
+                pre = self.prelude
+                if pre:
+                    data = b"".join(encode_command(c) for c in pre) + data
             self._call_timeout = t
             try:
                 self._sock.settimeout(t)
                 self._sock.sendall(data)
             except OSError as e:
                 self._fail("send to %s:%s failed: %s" % (self.host, self.port, e))
+            if pre:
+                self.prelude_replies = [self._read_reply(0) for _ in pre]
             return [self._read_reply(0) for _ in commands]
 
     # -- reply parsing ----------------------------------------------------------
