@@ -78,6 +78,7 @@ typedef struct peer {
     uint64_t copy_tick;     /* tick of the last NEED_COPY */
     uint64_t sent_commit;   /* commit point last sent */
     uint64_t progress_tick; /* tick of the last send or ack progress */
+    uint64_t report_tick;   /* tick of the last CAUGHT_UP */
 } peer;
 
 typedef struct departed {
@@ -735,6 +736,7 @@ void repl_opts_init(repl_opts *o, uint64_t self, uint32_t space, uint32_t part)
     o->retain_bytes = 64u << 20;
     o->resend_ticks = 2;
     o->copy_retry_ticks = 50;
+    o->report_retry_ticks = 20;
 }
 
 int repl_set_retention(repl_part *p, uint64_t retain_entries)
@@ -749,7 +751,7 @@ int repl_new(const repl_opts *o, const repl_persisted *st, repl_part **out)
     *out = NULL;
     if (!o || !o->self || o->max_msg_entries < 1 || o->max_msg_entries > REPL_MAX_MSG_ENTRIES ||
         o->max_msg_bytes < 1 || o->max_inflight < 1 || o->max_pending < 1 || o->resend_ticks < 1 ||
-        o->copy_retry_ticks < 1)
+        o->copy_retry_ticks < 1 || o->report_retry_ticks < 1)
         return REPL_EINVAL;
     repl_persisted empty = {0};
     if (!st) st = &empty;
@@ -1163,6 +1165,7 @@ static int recv_ack(repl_part *p, const repl_msg *m)
         pr->match >= p->serve_from) {
         pr->counts = true;
         pr->reported = true;
+        pr->report_tick = p->ticks;
         push_event(p, REPL_EV_CAUGHT_UP, pr->id, p->epoch, pr->match);
     }
     maybe_commit(p);
@@ -1278,6 +1281,15 @@ void repl_tick(repl_part *p)
     if (p->role != REPL_ROLE_PRIMARY || superseded(p)) return;
     for (uint32_t i = 0; i < p->npeers; i++) {
         peer *pr = &p->peers[i];
+        /* a CAUGHT_UP the configuration has not acted on is repeated: the
+         * report may have been lost with a coordinator leader (chaos seed
+         * 18), and without it the partition stays degraded for the epoch */
+        if (pr->state == REPL_CATCHING_UP && pr->reported && !pr->copy &&
+            pr->match >= p->commit && pr->match >= p->serve_from &&
+            p->ticks - pr->report_tick >= p->o.report_retry_ticks) {
+            pr->report_tick = p->ticks;
+            push_event(p, REPL_EV_CAUGHT_UP, pr->id, p->epoch, pr->match);
+        }
         if (pr->copy) {
             if (p->ticks - pr->progress_tick >= p->o.resend_ticks) {
                 pr->want_probe = true;

@@ -175,6 +175,9 @@ typedef struct repl_opts {
     size_t retain_bytes;        /* and at most this many bytes of them (default 64 MiB) */
     uint32_t resend_ticks;      /* retransmit to a replica without progress (default 2) */
     uint32_t copy_retry_ticks;  /* re-request a full copy after this long (default 50) */
+    uint32_t report_retry_ticks; /* repeat CAUGHT_UP for a replica still CATCHING_UP in
+                                    the configuration after this long (default 20): the
+                                    coordinator may never have got the report */
     bool unsafe_commit_primary_only; /* TEST ONLY: commit on the primary's own write
                                         (breaks I2; the simulator's negative test) */
 } repl_opts;

@@ -634,6 +634,51 @@ static void test_catching_up_replica_reported_again_in_new_epoch(void **state)
     teardown_all();
 }
 
+/* Regression (chaos seed 18): the one CAUGHT_UP report of an epoch went to a
+ * coordinator leader that was killed, and the partition stayed degraded. A
+ * report the configuration has not acted on is repeated every
+ * report_retry_ticks, in the same epoch, until the replica is IN_SYNC. */
+static void test_lost_caught_up_report_is_repeated(void **state)
+{
+    (void)state;
+    static const uint64_t ids[] = {1, 2};
+    static const uint8_t st1[] = {REPL_IN_SYNC, REPL_CATCHING_UP};
+    static const uint8_t st2[] = {REPL_IN_SYNC, REPL_IN_SYNC};
+    for (uint64_t i = 1; i <= 2; i++)
+        node_init(i, NULL);
+    for (uint64_t i = 1; i <= 2; i++)
+        config(i, 1, ids, st1, 2);
+    assert_int_equal(put(1, "k", "v", 0, 0, 1), REPL_OK);
+    pump();
+    repl_tick(N[1].p);
+    pump();
+    assert_true(has_event(1, REPL_EV_CAUGHT_UP, 2));
+    N[1].nev = 0; /* the report is lost */
+    repl_opts o;
+    opts_for(&o, 1);
+    for (uint32_t t = 2; t < o.report_retry_ticks; t++) { /* ticks 2 .. interval-1 */
+        repl_tick(N[1].p);
+        pump();
+    }
+    assert_false(has_event(1, REPL_EV_CAUGHT_UP, 2)); /* not before the interval */
+    repl_tick(N[1].p);
+    pump();
+    assert_true(has_event(1, REPL_EV_CAUGHT_UP, 2));
+    for (size_t i = 0; i < N[1].nev; i++)
+        if (N[1].ev[i].type == REPL_EV_CAUGHT_UP) assert_int_equal(N[1].ev[i].epoch, 1);
+    /* the coordinator flips it: no more reports */
+    for (uint64_t i = 1; i <= 2; i++)
+        config(i, 2, ids, st2, 2);
+    pump();
+    N[1].nev = 0;
+    for (uint32_t t = 0; t < 3 * o.report_retry_ticks; t++) {
+        repl_tick(N[1].p);
+        pump();
+    }
+    assert_false(has_event(1, REPL_EV_CAUGHT_UP, 2));
+    teardown_all();
+}
+
 /* A primary restarted within its epoch counts every replica (it forgot which
  * CATCHING_UP replicas it reported caught up). */
 static void test_restarted_primary_counts_catching_up_replicas(void **state)
@@ -1256,6 +1301,7 @@ int main(void)
         cmocka_unit_test_teardown(test_demoted_primary_fails_pending_writes, teardown),
         cmocka_unit_test_teardown(test_catching_up_replica_counts_only_once_caught_up, teardown),
         cmocka_unit_test_teardown(test_catching_up_replica_reported_again_in_new_epoch, teardown),
+        cmocka_unit_test_teardown(test_lost_caught_up_report_is_repeated, teardown),
         cmocka_unit_test_teardown(test_restarted_primary_counts_catching_up_replicas, teardown),
         cmocka_unit_test_teardown(test_departed_replica_replays_only_the_tail, teardown),
         cmocka_unit_test_teardown(test_full_copy_when_tail_is_gone, teardown),
