@@ -289,6 +289,16 @@ def run_client(client, node, n):
     return out
 
 
+def wait_serves(node):
+    """Until node answers a PUT on every partition (200 keys reach all 8; a
+    miss has odds ~1e-11): the partitions have settled after a kill."""
+    def serves():
+        with node.conn(timeout=5.0) as c:
+            c.send_many([("PUT", "kv", "probe-%d" % i, "v", "p") for i in range(200)])
+            return all(c.read() == "OK" for _ in range(200))
+    harness.wait_for(serves, 30, "the survivor to serve every partition", interval=0.05)
+
+
 def tail_trial(cl, ds, client, victim, n):
     """Kill victim, write n entries meanwhile, restart it; returns
     (seconds from start to PROTECTED, seconds to PONG, client line)."""
@@ -301,13 +311,7 @@ def tail_trial(cl, ds, client, victim, n):
         st = leader_status(cl)
         return st["protection"]["degraded"] == PARTITIONS
     harness.wait_for(degraded, 30, "every partition DEGRADED after the kill", interval=0.02)
-
-    def survivor_serves():
-        # 200 keys reach every one of the 8 partitions (a miss has odds ~1e-11)
-        with other.conn(timeout=5.0) as c:
-            c.send_many([("PUT", "kv", "probe-%d" % i, "v", "p") for i in range(200)])
-            return all(c.read() == "OK" for _ in range(200))
-    harness.wait_for(survivor_serves, 30, "the survivor to serve every partition", interval=0.05)
+    wait_serves(other)
     line = run_client(client, other, n) if n else "no writes"
     t0 = time.monotonic()
     victim.start(wait=False)
@@ -352,6 +356,7 @@ def copy_trial(cl, ds, client, victim, mb):
     victim.kill9()
     harness.wait_for(lambda: leader_status(cl)["protection"]["degraded"] == PARTITIONS, 30,
                      "every partition DEGRADED after the kill", interval=0.02)
+    wait_serves(other)
     n = mb * 1000
     argv = [client, "-m", "put", "-s", "kv", "-h", other.host, "-p", str(other.port),
             "-c", "50", "-n", str(n), "-d", "1000", "-S", "-T", "600"]
