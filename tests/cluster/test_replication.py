@@ -44,12 +44,15 @@ def _call_retry(daemons, *args, timeout=15.0):
     raise AssertionError("%r kept failing for %.0f s: %r" % (args, timeout, last))
 
 
-def _setup(cluster, ndaemons=3, tolerate=1, partitions=8, reprotect_s=1):
+def _setup(cluster, ndaemons=3, tolerate=1, partitions=8, reprotect_s=1, log_retention=None):
     cl = cluster(tick_ms=20)
     cl.start_coordinators(3)
-    for name, value in (("ping_timeout_ms", PING_TIMEOUT_MS), ("heartbeat_ms", HEARTBEAT_MS),
-                        ("reprotect_delay_s", reprotect_s)):
-        cl.write(["CLUSTER.CONFIG", "SET", name, str(value)])
+    settings = [("ping_timeout_ms", PING_TIMEOUT_MS), ("heartbeat_ms", HEARTBEAT_MS),
+                ("reprotect_delay_s", reprotect_s)]
+    if log_retention is not None:
+        settings.append(("log_retention", log_retention))
+    for name, value in settings:
+        assert cl.write(["CLUSTER.CONFIG", "SET", name, str(value)]) == "OK"
     ds = [cl.add_daemon() for _ in range(ndaemons)]
     leader = cl.wait_leader()
     wait_for(lambda: sum(d["state"] == "ONLINE" for d in leader.status()["daemons"]) == ndaemons,
@@ -404,17 +407,7 @@ def test_reprotection_by_full_copy_when_the_log_is_gone(cluster):
     returning one are too far behind for log replay: the primary sends a full
     copy (a consistent snapshot, then the log after it), and the partitions
     are PROTECTED again with every acknowledged write readable everywhere."""
-    cl = cluster(tick_ms=20)
-    cl.start_coordinators(3)
-    for name, value in (("ping_timeout_ms", 1000), ("heartbeat_ms", 100),
-                        ("reprotect_delay_s", 1), ("log_retention", 20)):
-        assert cl.write(["CLUSTER.CONFIG", "SET", name, str(value)]) == "OK"
-    ds = [cl.add_daemon() for _ in range(3)]
-    leader = cl.wait_leader()
-    wait_for(lambda: sum(d["state"] == "ONLINE" for d in leader.status()["daemons"]) == 3, 10,
-             "daemons ONLINE")
-    assert cl.write(["SPACE.ADD", "space kv key k attributes v, int n subspace v create 4 "
-                     "partitions tolerate 1 failures"]) == "OK"
+    cl, ds = _setup(cluster, partitions=4, reprotect_s=1, log_retention=20)
     _wait_serving(ds)
     acked = {}
     for i in range(40):
@@ -489,17 +482,7 @@ def test_blocking_rejoin_holds_writes_until_caught_up(cluster):
     from the copy's start until the daemon caught up (DESIGN section 6,
     docs/replication.md). Writers wait instead of failing, and nothing
     acknowledged is lost."""
-    cl = cluster(tick_ms=20)
-    cl.start_coordinators(3)
-    for name, value in (("ping_timeout_ms", 1000), ("heartbeat_ms", 100),
-                        ("reprotect_delay_s", 60), ("log_retention", 20)):
-        assert cl.write(["CLUSTER.CONFIG", "SET", name, str(value)]) == "OK"
-    ds = [cl.add_daemon() for _ in range(3)]
-    leader = cl.wait_leader()
-    wait_for(lambda: sum(d["state"] == "ONLINE" for d in leader.status()["daemons"]) == 3, 10,
-             "daemons ONLINE")
-    assert cl.write(["SPACE.ADD", "space kv key k attributes v, int n subspace v create 4 "
-                     "partitions tolerate 1 failures"]) == "OK"
+    cl, ds = _setup(cluster, partitions=4, reprotect_s=60, log_retention=20)
     _wait_serving(ds)
     acked = {}
     ds[0].kill9()
