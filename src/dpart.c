@@ -440,6 +440,7 @@ typedef struct xfer {
     bool snapping;
     int snap_rc;
     uint64_t seq, seq_epoch;
+    uint64_t sent_ms; /* every request answered OK (loop time); a record now */
     uint64_t start_ms; /* loop time of COPY.BEGIN */
     unsigned answered; /* requests answered so far (BEGIN, each chunk, END) */
     unsigned pending; /* requests not answered yet */
@@ -457,7 +458,7 @@ static void xfer_free(dpart *dp, xfer *x)
             break;
         }
     if (x->snapping) return; /* snap_done frees it */
-    rclient_close(x->rc); /* runs the outstanding callbacks, which only count down */
+    if (x->rc) rclient_close(x->rc); /* runs the outstanding callbacks, which only count down */
     buf_free(&x->image);
     free(x);
 }
@@ -485,10 +486,48 @@ static void on_copy_reply(void *arg, const resp_reply *r, int status)
         x->failed = true;
     }
     if (--x->pending == 0) {
-        if (!x->failed)
-            log_notice("event=full_copy_sent space=%u partition=%u daemon=%" PRIu64 " bytes=%zu",
-                       x->space, x->part, x->peer, x->image.len);
-        xfer_free(x->dp, x);
+        if (x->failed) {
+            xfer_free(x->dp, x);
+            return;
+        }
+        log_notice("event=full_copy_sent space=%u partition=%u daemon=%" PRIu64 " bytes=%zu",
+                   x->space, x->part, x->peer, x->image.len);
+        /* kept, without its image, as a record until the receiver has
+         * acknowledged the copy (sweep_sent_copies): repl re-requests a copy
+         * every copy_retry_ticks, and one that comes while the receiver is
+         * still installing must not send the same partition again */
+        rclient_close(x->rc);
+        x->rc = NULL;
+        buf_free(&x->image);
+        x->sent_ms = uv_now(x->dp->loop);
+    }
+}
+
+/* Frees the records of sent copies once the receiver acknowledged them (repl
+ * no longer wants a copy for it), it stopped being a replica, this daemon
+ * stopped leading the partition, or SENT_KEEP_MS passed (then repl's next
+ * request sends a new copy). */
+#define SENT_KEEP_MS 30000
+static void sweep_sent_copies(dpart *dp)
+{
+    uint64_t now = uv_now(dp->loop);
+    xfer *next;
+    for (xfer *x = dp->xfers; x; x = next) {
+        next = x->next;
+        if (!x->sent_ms) continue;
+        bool done = now - x->sent_ms > SENT_KEEP_MS;
+        dp_part *p = part_find(dp, x->space, x->part);
+        if (!p) {
+            done = true;
+        } else if (!done) {
+            repl_status st;
+            repl_status_get(p->r, &st);
+            bool wants = false;
+            for (uint32_t i = 0; st.role == REPL_ROLE_PRIMARY && i < st.n_peers; i++)
+                if (st.peers[i].id == x->peer && st.peers[i].copy) wants = true;
+            done = !wants;
+        }
+        if (done) xfer_free(dp, x);
     }
 }
 
@@ -621,7 +660,7 @@ void dpart_get_progress(dpart *dp, dpart_progress *pg)
     *pg = (dpart_progress){0};
     uint64_t now = uv_now(dp->loop);
     for (xfer *x = dp->xfers; x; x = x->next) {
-        if (x->snapping || x->closing || x->failed) continue; /* image: the worker's */
+        if (x->snapping || x->closing || x->failed || x->sent_ms) continue;
         /* chunks are answered in order: all but BEGIN's answer are chunks
          * (END's comes last, when everything was acknowledged) */
         uint64_t acked = x->answered > 1 ? (uint64_t)(x->answered - 1) * DCOPY_DEFAULT_CHUNK : 0;
@@ -1736,6 +1775,7 @@ static void on_tick(uv_timer_t *t)
     dpart *dp = t->data;
     gather_poll(dp);
     report_unreachable_backups(dp);
+    sweep_sent_copies(dp);
     drop_gone_spaces(dp); /* parts that were busy when their space was dropped */
     for (dp_part *p = dp->parts; p; p = p->next) {
         if (p->retry && p->busy) {
