@@ -506,8 +506,10 @@ static void on_copy_reply(void *arg, const resp_reply *r, int status)
 /* Frees the records of sent copies once the receiver acknowledged them (repl
  * no longer wants a copy for it), it stopped being a replica, this daemon
  * stopped leading the partition, or SENT_KEEP_MS passed (then repl's next
- * request sends a new copy). */
-#define SENT_KEEP_MS 30000
+ * request sends a new copy). The bound is short because a receiver that
+ * restarted before installing lost the copy and waits for another one; an
+ * install that takes longer than it (gigabytes) costs one more copy. */
+#define SENT_KEEP_MS 10000
 static void sweep_sent_copies(dpart *dp)
 {
     uint64_t now = uv_now(dp->loop);
