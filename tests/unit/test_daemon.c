@@ -89,6 +89,7 @@ static void test_args_defaults(void **state)
     assert_string_equal(o.dir, "keel-daemon-data");
     assert_false(o.foreground);
     assert_false(o.help);
+    assert_false(o.blocking); /* live rejoin unless asked */
 }
 
 static void test_args_long_forms(void **state)
@@ -102,9 +103,11 @@ static void test_args_long_forms(void **state)
                           "--coordinator=10.0.0.1",
                           "--coordinator-port=1983",
                           "--data=/tmp/d1",
-                          "--peer-port=4000"};
-    assert_int_equal(parse(&o, 8, argv), 0);
+                          "--peer-port=4000",
+                          "--blocking"};
+    assert_int_equal(parse(&o, 9, argv), 0);
     assert_true(o.foreground);
+    assert_true(o.blocking);
     assert_string_equal(o.host, "10.0.0.2");
     assert_int_equal(o.port, 3000);
     assert_int_equal(o.peer_port, 4000);
