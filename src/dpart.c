@@ -1078,6 +1078,39 @@ static int exec_drop(store_txn *t, commit_item *ci)
 /* Parts of spaces the map no longer has: their clients are answered, their
  * state machines freed, and their data deleted by the storage thread. A busy
  * part is dropped on a later map (or tick) once its Ready is done. */
+/* Frees a part taken off dp->parts (not busy): writes held or queued and
+ * reads waiting for a commit are answered with err, an incoming copy is
+ * dropped. why names the end of a --blocking pause in the log. */
+static void part_free(dpart *dp, dp_part *p, const char *why, const char *err)
+{
+    resume_writes(dp, p, why);
+    while (p->in_head) {
+        dp_input *in = p->in_head;
+        p->in_head = in->next;
+        if (in->kind == IN_WRITE) {
+            resp_add_error(net_reply_buf(in->reply), err);
+            net_reply_done(in->reply);
+            kv_op_free(in->op);
+        }
+        if (in->copy) dcopy_reader_free(in->copy);
+        buf_free(&in->bytes);
+        free(in);
+    }
+    while (p->waits) {
+        dp_wait *w = p->waits;
+        p->waits = w->next;
+        resp_add_error(net_reply_buf(w->reply), err);
+        net_reply_done(w->reply);
+        kv_op_free(w->op);
+        buf_free(&w->prepared);
+        free(w);
+    }
+    if (p->incoming) dcopy_reader_free(p->incoming);
+    repl_free(p->r);
+    kv_space_unref(p->sp);
+    free(p);
+}
+
 static void drop_gone_spaces(dpart *dp)
 {
     dp_part **pp = &dp->parts;
@@ -1090,28 +1123,6 @@ static void drop_gone_spaces(dpart *dp)
             continue;
         }
         *pp = p->next;
-        resume_writes(dp, p, "space_dropped");
-        while (p->in_head) {
-            dp_input *in = p->in_head;
-            p->in_head = in->next;
-            if (in->kind == IN_WRITE) {
-                resp_add_error(net_reply_buf(in->reply), "NOSPACE the space was dropped");
-                net_reply_done(in->reply);
-                kv_op_free(in->op);
-            }
-            if (in->copy) dcopy_reader_free(in->copy);
-            buf_free(&in->bytes);
-            free(in);
-        }
-        while (p->waits) {
-            dp_wait *w = p->waits;
-            p->waits = w->next;
-            resp_add_error(net_reply_buf(w->reply), "NOSPACE the space was dropped");
-            net_reply_done(w->reply);
-            kv_op_free(w->op);
-            buf_free(&w->prepared);
-            free(w);
-        }
         bool seen = false;
         for (size_t i = 0; i < ndropped; i++)
             seen = seen || dropped[i] == p->space;
@@ -1125,10 +1136,7 @@ static void drop_gone_spaces(dpart *dp)
             buf_init(&it->base.reply);
             commit_submit(dp->cm, &it->base, &it->base);
         }
-        if (p->incoming) dcopy_reader_free(p->incoming);
-        repl_free(p->r);
-        kv_space_unref(p->sp);
-        free(p);
+        part_free(dp, p, "space_dropped", "NOSPACE the space was dropped");
     }
 }
 
@@ -1891,32 +1899,7 @@ void dpart_stop(dpart *dp)
     while (dp->parts) {
         dp_part *p = dp->parts;
         dp->parts = p->next;
-        resume_writes(dp, p, "shutdown");
-        while (p->in_head) {
-            dp_input *in = p->in_head;
-            p->in_head = in->next;
-            if (in->kind == IN_WRITE) {
-                resp_add_error(net_reply_buf(in->reply), "TRYAGAIN the daemon is shutting down");
-                net_reply_done(in->reply);
-                kv_op_free(in->op);
-            }
-            if (in->copy) dcopy_reader_free(in->copy);
-            buf_free(&in->bytes);
-            free(in);
-        }
-        while (p->waits) {
-            dp_wait *w = p->waits;
-            p->waits = w->next;
-            resp_add_error(net_reply_buf(w->reply), "TRYAGAIN the daemon is shutting down");
-            net_reply_done(w->reply);
-            kv_op_free(w->op);
-            buf_free(&w->prepared);
-            free(w);
-        }
-        if (p->incoming) dcopy_reader_free(p->incoming);
-        repl_free(p->r);
-        kv_space_unref(p->sp);
-        free(p);
+        part_free(dp, p, "shutdown", "TRYAGAIN the daemon is shutting down");
     }
     while (dp->xfers)
         xfer_free(dp, dp->xfers);
